@@ -1,0 +1,5 @@
+//! Diagnostics and the connection log.
+
+mod reason;
+
+pub use reason::CloseReason;
