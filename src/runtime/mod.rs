@@ -1,1 +1,369 @@
-//! TODO
+//! The process: start-up in a fixed order, one worker thread per CPU, signals, and
+//! shutdown.
+//!
+//! Start-up order matters for the jail. Everything that needs the real filesystem
+//! or root (certificates and keys, the log file, the syslog socket, listening
+//! sockets on low ports) happens first. Then the process daemonizes, enters the
+//! chroot, writes the pid file inside it, and drops privileges in the order chroot,
+//! chdir, setgroups, setgid, setuid, no_new_privs. Worker threads start last.
+
+mod conn;
+mod listener;
+mod privileges;
+mod token;
+mod worker;
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use crate::config::{Address, Config, ConfigError};
+use crate::sys::ring::{Ring, RingConfig};
+use crate::tls::ServiceTls;
+use crate::{notice, warning};
+
+pub use privileges::PrivilegeError;
+use worker::{Worker, WorkerConfig};
+
+/// A service as the workers see it: configuration and loaded TLS state.
+pub struct Service {
+    pub name: String,
+    pub config: crate::config::Service,
+    pub tls: ServiceTls,
+}
+
+/// State shared by all workers: only the stop flag.
+pub struct Shared {
+    pub stopping: AtomicBool,
+}
+
+/// Why tlsplice could not start or stopped with an error.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum RunError {
+    /// The configuration, or a file it names, is wrong.
+    Config(ConfigError),
+    /// The kernel refused io_uring.
+    IoUringUnavailable(io::Error),
+    /// A listening address could not be bound.
+    Bind {
+        service: String,
+        address: String,
+        error: io::Error,
+    },
+    Privileges(PrivilegeError),
+    /// A worker thread failed while running.
+    Worker(io::Error),
+    /// Any other operating-system failure, with what was being done.
+    Io {
+        action: String,
+        error: io::Error,
+    },
+}
+
+impl fmt::Display for RunError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RunError::Config(err) => write!(f, "{err}"),
+            RunError::IoUringUnavailable(err) => write!(
+                f,
+                "io_uring is unavailable ({err}); tlsplice needs it. Check that the kernel is 5.19 or newer, \
+                 that sysctl kernel.io_uring_disabled is 0, and, in a container, that the seccomp profile allows \
+                 io_uring_setup, io_uring_enter and io_uring_register"
+            ),
+            RunError::Bind {
+                service,
+                address,
+                error,
+            } => {
+                write!(f, "service [{service}]: accept = {address}: cannot listen: {error}")?;
+                if error.kind() == io::ErrorKind::AddrInUse {
+                    write!(f, "; stop the process using that address or choose another port")?;
+                } else if error.kind() == io::ErrorKind::PermissionDenied {
+                    write!(f, "; ports below 1024 need root or CAP_NET_BIND_SERVICE")?;
+                }
+                Ok(())
+            }
+            RunError::Privileges(err) => write!(f, "{err}"),
+            RunError::Worker(err) => write!(f, "a worker failed: {err}"),
+            RunError::Io { action, error } => write!(f, "{action}: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for RunError {}
+
+impl From<ConfigError> for RunError {
+    fn from(err: ConfigError) -> Self {
+        RunError::Config(err)
+    }
+}
+
+fn io_error(action: impl Into<String>) -> impl FnOnce(io::Error) -> RunError {
+    let action = action.into();
+    move |error| RunError::Io { action, error }
+}
+
+/// Checks that io_uring works here, with the features the workers use.
+pub fn probe_io_uring() -> Result<(), RunError> {
+    Ring::new(RingConfig {
+        entries: 8,
+        buffers: 8,
+        buffer_size: 64,
+    })
+    .map(drop)
+    .map_err(RunError::IoUringUnavailable)
+}
+
+/// Loads every service's certificates and TLS settings, without starting anything.
+pub fn load_services(config: &Config) -> Result<Vec<Service>, RunError> {
+    config
+        .services
+        .iter()
+        .map(|service| {
+            Ok(Service {
+                name: service.name.clone(),
+                tls: crate::tls::build(service)?,
+                config: service.clone(),
+            })
+        })
+        .collect()
+}
+
+/// Runs the terminator until SIGTERM or SIGINT.
+pub fn run(config: Config) -> Result<(), RunError> {
+    probe_io_uring()?;
+    let mut services = load_services(&config)?;
+    let global = &config.global;
+
+    crate::log::init(
+        global.debug,
+        global.output.as_deref(),
+        global.foreground && global.output.is_some(),
+        global.syslog,
+    )
+    .map_err(io_error("cannot start logging"))?;
+    match crate::sys::raise_fd_limit() {
+        Ok(limit) => crate::debug!("file descriptor limit: {limit}"),
+        Err(err) => warning!("cannot raise the file descriptor limit: {err}"),
+    }
+
+    let cpus = crate::sys::allowed_cpus();
+    let workers = global.threads.unwrap_or_else(|| cpus.len().max(1)).max(1);
+
+    let mut listeners = Vec::with_capacity(services.len());
+    for service in &mut services {
+        let bound =
+            listener::bind(&service.config.accept, workers).map_err(|error| RunError::Bind {
+                service: service.name.clone(),
+                address: worker::display_address(&service.config.accept),
+                error,
+            })?;
+        service.config.accept = bound.bound.clone();
+        listeners.push(bound.sockets);
+    }
+
+    let mut ready = if global.foreground {
+        None
+    } else {
+        Some(daemonize()?)
+    };
+    let result = start_jailed(global, services, listeners, workers, &cpus, &mut ready);
+    if let (Some(mut ready), Err(err)) = (ready, &result) {
+        // Start-up failed in the background process: the waiting parent prints it.
+        let _ = write!(ready, "{err}");
+    }
+    result
+}
+
+fn start_jailed(
+    global: &crate::config::Global,
+    services: Vec<Service>,
+    listeners: Vec<Vec<std::os::fd::OwnedFd>>,
+    workers: usize,
+    cpus: &[usize],
+    ready: &mut Option<io::PipeWriter>,
+) -> Result<(), RunError> {
+    let pid_file = privileges::drop_privileges(global).map_err(RunError::Privileges)?;
+    crate::sys::block_signals().map_err(io_error("cannot block signals"))?;
+
+    for service in &services {
+        notice!(
+            "service {} listening on {} with {workers} workers",
+            service.name,
+            worker::display_address(&service.config.accept)
+        );
+        if service.tls.self_signed {
+            warning!(
+                "service {}: no certificate configured; using a self-signed certificate for localhost generated at start. Clients will not trust it; pass --cert and --key for real use",
+                service.name
+            );
+        }
+    }
+
+    let result = run_workers(global, services, listeners, workers, cpus, ready);
+    if let Some(path) = pid_file {
+        if let Err(err) = std::fs::remove_file(&path) {
+            warning!("cannot remove pid file {}: {err}", path.display());
+        }
+    }
+    result
+}
+
+fn run_workers(
+    global: &crate::config::Global,
+    services: Vec<Service>,
+    listeners: Vec<Vec<std::os::fd::OwnedFd>>,
+    workers: usize,
+    cpus: &[usize],
+    ready: &mut Option<io::PipeWriter>,
+) -> Result<(), RunError> {
+    let services: Arc<[Service]> = services.into();
+    let shared = Arc::new(Shared {
+        stopping: AtomicBool::new(false),
+    });
+
+    // listeners[service][worker] becomes per_worker[worker][service].
+    let mut per_worker: Vec<Vec<std::os::fd::OwnedFd>> = (0..workers).map(|_| Vec::new()).collect();
+    for sockets in listeners {
+        for (index, socket) in sockets.into_iter().enumerate() {
+            per_worker[index].push(socket);
+        }
+    }
+
+    let (started_tx, started_rx) = mpsc::channel::<Result<(), io::Error>>();
+    let mut wakers = Vec::with_capacity(workers);
+    let mut handles = Vec::with_capacity(workers);
+    for (index, listeners) in per_worker.into_iter().enumerate() {
+        let wake = crate::sys::eventfd().map_err(io_error("cannot create an eventfd"))?;
+        wakers.push(
+            wake.try_clone()
+                .map_err(io_error("cannot duplicate an eventfd"))?,
+        );
+        let config = WorkerConfig {
+            index,
+            cpu: (workers <= cpus.len()).then(|| cpus[index]),
+            listeners,
+            wake,
+            maxconn: global.maxconn,
+            shutdown_timeout: global.shutdown_timeout,
+        };
+        let services = services.clone();
+        let shared = shared.clone();
+        let started = started_tx.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("tlsplice-worker-{index}"))
+            .spawn(move || {
+                let worker = match Worker::new(config, services, shared) {
+                    Ok(worker) => {
+                        let _ = started.send(Ok(()));
+                        worker
+                    }
+                    Err(err) => {
+                        let _ = started.send(Err(err));
+                        return Ok(());
+                    }
+                };
+                worker.run()
+            })
+            .map_err(io_error("cannot start a worker thread"))?;
+        handles.push(handle);
+    }
+    drop(started_tx);
+    for _ in 0..workers {
+        match started_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => return Err(RunError::IoUringUnavailable(err)),
+            Err(_) => break,
+        }
+    }
+    if let Some(mut ready) = ready.take() {
+        let _ = ready.write_all(b"ok");
+    }
+
+    wait_for_stop(&shared, &wakers);
+
+    let mut failure = None;
+    for handle in handles {
+        match handle.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => failure = Some(RunError::Worker(err)),
+            Err(_) => failure = Some(RunError::Worker(io::Error::other("worker panicked"))),
+        }
+    }
+    notice!("stopped");
+    failure.map_or(Ok(()), Err)
+}
+
+/// Handles signals until SIGTERM or SIGINT, then tells the workers to stop.
+fn wait_for_stop(shared: &Shared, wakers: &[std::os::fd::OwnedFd]) {
+    loop {
+        let Some(signal) = crate::sys::wait_signal(Duration::from_secs(1)) else {
+            continue;
+        };
+        match signal {
+            libc::SIGTERM | libc::SIGINT => {
+                notice!("received signal {signal}; closing listeners and draining connections");
+                shared.stopping.store(true, Ordering::Release);
+                for wake in wakers {
+                    let _ = crate::sys::eventfd_signal(wake);
+                }
+                return;
+            }
+            libc::SIGHUP => match crate::log::reopen() {
+                Ok(()) => notice!("log file reopened"),
+                Err(err) => warning!(
+                    "cannot reopen the log file ({err}); still writing to the open file. Inside a chroot the path may be unreachable: use logrotate's copytruncate"
+                ),
+            },
+            _ => {}
+        }
+    }
+}
+
+/// Forks into the background. The parent waits until the child reports that its
+/// workers run, so start-up errors still reach the terminal and the exit code.
+/// Returns the child's end of the readiness pipe.
+fn daemonize() -> Result<io::PipeWriter, RunError> {
+    let (mut reader, writer) = io::pipe().map_err(io_error("cannot create a pipe"))?;
+    match crate::sys::fork().map_err(io_error("cannot fork"))? {
+        crate::sys::Forked::Parent(_) => {
+            drop(writer);
+            let mut status = Vec::new();
+            let _ = reader.read_to_end(&mut status);
+            if status == b"ok" {
+                crate::sys::exit_now(0);
+            }
+            let message = String::from_utf8_lossy(&status);
+            if message.is_empty() {
+                eprintln!("tlsplice: the background process exited during start-up; see the log");
+            } else {
+                eprintln!("tlsplice: {message}");
+            }
+            crate::sys::exit_now(crate::cli::EXIT_STARTUP);
+        }
+        crate::sys::Forked::Child => {
+            drop(reader);
+            crate::sys::setsid().map_err(io_error("setsid failed"))?;
+            crate::sys::redirect_stdio_to_null().map_err(io_error("cannot redirect stdio"))?;
+            Ok(writer)
+        }
+    }
+}
+
+/// Where a service listens, for tests and start-up messages.
+pub fn bound_address(service: &Service) -> &Address {
+    &service.config.accept
+}
+
+/// The pid file path as seen before chroot, for messages.
+pub fn pid_path_outside(global: &crate::config::Global) -> Option<PathBuf> {
+    let pid = global.pid.as_ref()?;
+    Some(match &global.chroot {
+        Some(root) => root.join(pid.strip_prefix("/").unwrap_or(pid)),
+        None => pid.clone(),
+    })
+}

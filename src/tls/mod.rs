@@ -1,1 +1,116 @@
-//! TODO
+//! TLS: certificates, per-service rustls configuration, and the handshake driver.
+//!
+//! rustls runs through its unbuffered API, so the worker owns every buffer and the
+//! session can later be handed to the kernel for record encryption.
+
+pub mod certs;
+pub mod session;
+
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::ServerConfig;
+
+use crate::config::{ConfigError, KtlsMode, Service, TlsVersion};
+use certs::{LoadedCert, SniResolver};
+
+pub use session::{Progress, TlsSession};
+
+/// A service's TLS setup, shared read-only by every worker.
+#[derive(Debug)]
+pub struct ServiceTls {
+    pub config: Arc<ServerConfig>,
+    pub resolver: Arc<SniResolver>,
+    /// True when the certificate was generated because none was configured.
+    pub self_signed: bool,
+}
+
+/// Loads the service's certificates and builds its rustls configuration.
+pub fn build(service: &Service) -> Result<ServiceTls, ConfigError> {
+    let provider = provider_for(service);
+    let mut certs = Vec::new();
+    if service.self_signed {
+        let key = certs::self_signed(&provider).map_err(|err| ConfigError {
+            file: None,
+            line: 0,
+            option: None,
+            value: None,
+            message: format!("cannot generate a self-signed certificate: {err}"),
+        })?;
+        certs.push(LoadedCert {
+            key: Arc::new(key),
+            route: None,
+            pattern: None,
+        });
+    }
+    for source in &service.certs {
+        certs.push(LoadedCert {
+            key: Arc::new(certs::load(source, &provider)?),
+            route: None,
+            pattern: None,
+        });
+    }
+    for (index, route) in service.sni.iter().enumerate() {
+        certs.push(LoadedCert {
+            key: Arc::new(certs::load(&route.cert, &provider)?),
+            route: Some(index),
+            pattern: Some(route.pattern.clone()),
+        });
+    }
+    let resolver = Arc::new(SniResolver::new(certs));
+
+    let versions: Vec<&'static rustls::SupportedProtocolVersion> = [
+        (TlsVersion::Tls12, &rustls::version::TLS12),
+        (TlsVersion::Tls13, &rustls::version::TLS13),
+    ]
+    .into_iter()
+    .filter(|(version, _)| (service.tls_min..=service.tls_max).contains(version))
+    .map(|(_, supported)| supported)
+    .collect();
+
+    let mut config = ServerConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&versions)
+        .map_err(|err| ConfigError {
+            file: None,
+            line: 0,
+            option: Some("ciphersuites".into()),
+            value: None,
+            message: format!(
+                "service [{}]: no cipher suite left for the allowed TLS versions ({err}); allow a suite of each version",
+                service.name
+            ),
+        })?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver.clone());
+    config.alpn_protocols = service.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    config.enable_secret_extraction = service.ktls != KtlsMode::Off;
+    config.max_early_data_size = 0;
+    config.ignore_client_order = true;
+    if let Ok(ticketer) = rustls::crypto::aws_lc_rs::Ticketer::new() {
+        config.ticketer = ticketer;
+    }
+    Ok(ServiceTls {
+        config: Arc::new(config),
+        resolver,
+        self_signed: service.self_signed,
+    })
+}
+
+fn provider_for(service: &Service) -> CryptoProvider {
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    if let Some(allowed) = &service.cipher_suites {
+        provider
+            .cipher_suites
+            .retain(|suite| allowed.contains(&suite.suite()));
+    }
+    provider
+}
+
+/// The protocol version as written in logs: `TLSv1.2` or `TLSv1.3`.
+pub fn version_name(version: rustls::ProtocolVersion) -> &'static str {
+    match version {
+        rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
+        rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
+        _ => "unknown",
+    }
+}

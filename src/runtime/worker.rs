@@ -1,0 +1,1037 @@
+//! A worker thread: one io_uring, its own listeners, and a slab of connections.
+//! Workers share only read-only service data and a stop flag.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use socket2::{Domain, SockAddr, SockRef, Socket, Type};
+
+use super::conn::{Conn, Phase};
+use super::token::{next_generation, Kind, Token};
+use super::{Service, Shared};
+use crate::config::Address;
+use crate::log::{CloseReason, ConnectionRecord};
+use crate::relay::{DataPath, UserspaceRelay};
+use crate::sys::ring::{Completion, Op, Ring, RingConfig};
+use crate::tls::TlsSession;
+use crate::{debug, warning};
+
+/// Interval of the timer that checks connection deadlines.
+const TICK: Duration = Duration::from_millis(250);
+/// How long accepting pauses after running out of file descriptors.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
+pub struct WorkerConfig {
+    pub index: usize,
+    pub cpu: Option<usize>,
+    pub listeners: Vec<OwnedFd>,
+    pub wake: OwnedFd,
+    pub maxconn: usize,
+    pub shutdown_timeout: Duration,
+}
+
+enum Slot {
+    Free { generation: u32 },
+    Used(Box<Conn>),
+}
+
+pub struct Worker {
+    index: usize,
+    ring: Ring,
+    services: Arc<[Service]>,
+    shared: Arc<Shared>,
+    /// Listening sockets by service index; `None` once closed for shutdown.
+    listeners: Vec<Option<OwnedFd>>,
+    accept_armed: Vec<bool>,
+    accept_paused_until: Option<Instant>,
+    accept_error_logged: bool,
+    maxconn_logged: bool,
+    wake: OwnedFd,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    live: usize,
+    maxconn: usize,
+    /// Connections whose receive found no provided buffer; retried when one returns.
+    starved: Vec<(u32, u32, Kind)>,
+    /// Spare send buffers, reused to avoid an allocation per send.
+    pool: Vec<Vec<u8>>,
+    shutdown_timeout: Duration,
+    stop_deadline: Option<Instant>,
+}
+
+/// Send buffers kept for reuse, at most.
+const POOL_MAX: usize = 256;
+/// Send buffers larger than this are freed rather than pooled.
+const POOL_BUFFER_MAX: usize = 64 * 1024;
+
+impl Worker {
+    pub fn new(
+        config: WorkerConfig,
+        services: Arc<[Service]>,
+        shared: Arc<Shared>,
+    ) -> io::Result<Worker> {
+        if let Some(cpu) = config.cpu {
+            if let Err(err) = crate::sys::pin_to_cpu(cpu) {
+                warning!("worker {}: cannot pin to CPU {cpu}: {err}", config.index);
+            }
+        }
+        let ring = Ring::new(RingConfig {
+            entries: 1024,
+            buffers: 1024,
+            buffer_size: 16 * 1024,
+        })?;
+        let count = config.listeners.len();
+        Ok(Worker {
+            index: config.index,
+            ring,
+            services,
+            shared,
+            listeners: config.listeners.into_iter().map(Some).collect(),
+            accept_armed: vec![false; count],
+            accept_paused_until: None,
+            accept_error_logged: false,
+            maxconn_logged: false,
+            wake: config.wake,
+            slots: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+            maxconn: config.maxconn,
+            starved: Vec::new(),
+            pool: Vec::new(),
+            shutdown_timeout: config.shutdown_timeout,
+            stop_deadline: None,
+        })
+    }
+
+    /// Runs until shutdown: stop accepting, drain, then return.
+    pub fn run(mut self) -> io::Result<()> {
+        for service in 0..self.listeners.len() {
+            self.arm_accept(service)?;
+        }
+        let wake = self.wake.as_raw_fd();
+        self.ring.submit(
+            Token::new(Kind::Wake, 0, 0).encode(),
+            Op::ReadEventfd { fd: wake },
+        )?;
+        self.ring.submit(
+            Token::new(Kind::Tick, 0, 0).encode(),
+            Op::Timeout { after: TICK },
+        )?;
+
+        let mut completions = Vec::with_capacity(256);
+        loop {
+            self.ring.submit_and_wait(1)?;
+            self.ring.reap(&mut completions);
+            for completion in completions.drain(..) {
+                self.handle(completion)?;
+            }
+            self.feed_starved()?;
+            if self.stop_deadline.is_some()
+                && self.live == 0
+                && self.accept_armed.iter().all(|armed| !armed)
+            {
+                debug!("worker {}: drained, exiting", self.index);
+                return Ok(());
+            }
+        }
+    }
+
+    fn handle(&mut self, completion: Completion) -> io::Result<()> {
+        let Some(token) = Token::decode(completion.tag) else {
+            self.release(completion);
+            return Ok(());
+        };
+        match token.kind {
+            Kind::Accept => self.on_accept(token.slot as usize, completion),
+            Kind::Tick => self.on_tick(),
+            Kind::Wake => self.on_wake(),
+            _ => {
+                let current = matches!(
+                    self.slots.get(token.slot as usize),
+                    Some(Slot::Used(conn)) if conn.generation == token.generation
+                );
+                if !current {
+                    // Cannot happen while slots outlive their operations; the
+                    // buffer still goes back to the pool.
+                    self.release(completion);
+                    return Ok(());
+                }
+                self.on_conn(token, completion)
+            }
+        }
+    }
+
+    /// Gives back what a completion holds when nobody will use it.
+    fn release(&mut self, completion: Completion) {
+        if let Some(buf) = completion.received {
+            self.ring.recycle(buf);
+        }
+        if let Some((buf, _)) = completion.sent {
+            self.give_buffer(buf);
+        }
+    }
+
+    fn take_buffer(&mut self) -> Vec<u8> {
+        self.pool.pop().unwrap_or_default()
+    }
+
+    fn give_buffer(&mut self, mut buf: Vec<u8>) {
+        if self.pool.len() < POOL_MAX && buf.capacity() <= POOL_BUFFER_MAX && buf.capacity() > 0 {
+            buf.clear();
+            self.pool.push(buf);
+        }
+    }
+
+    // ---- accepting ----
+
+    fn arm_accept(&mut self, service: usize) -> io::Result<()> {
+        let Some(listener) = &self.listeners[service] else {
+            return Ok(());
+        };
+        let fd = listener.as_raw_fd();
+        self.ring.submit(
+            Token::new(Kind::Accept, service as u32, 0).encode(),
+            Op::AcceptMulti { fd },
+        )?;
+        self.accept_armed[service] = true;
+        Ok(())
+    }
+
+    fn on_accept(&mut self, service: usize, completion: Completion) -> io::Result<()> {
+        if !completion.more {
+            self.accept_armed[service] = false;
+        }
+        match completion.result {
+            Ok(_) => {
+                self.accept_error_logged = false;
+                if let Some(client) = completion.accepted {
+                    self.start_conn(service, client)?;
+                }
+            }
+            Err(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS) => {
+                if !self.accept_error_logged {
+                    warning!(
+                        "worker {}: out of file descriptors or memory while accepting; pausing accepts for {} ms (raise `ulimit -n` or lower maxconn)",
+                        self.index,
+                        ACCEPT_PAUSE.as_millis()
+                    );
+                    self.accept_error_logged = true;
+                }
+                self.accept_paused_until = Some(Instant::now() + ACCEPT_PAUSE);
+                return Ok(());
+            }
+            Err(libc::ECANCELED) => {
+                // Cancelled for shutdown: close the listener now.
+                self.listeners[service] = None;
+                return Ok(());
+            }
+            Err(errno) => {
+                debug!(
+                    "worker {}: accept failed: {}",
+                    self.index,
+                    io::Error::from_raw_os_error(errno)
+                );
+            }
+        }
+        if !self.accept_armed[service] && self.accept_paused_until.is_none() {
+            self.arm_accept(service)?;
+        }
+        Ok(())
+    }
+
+    fn start_conn(&mut self, service: usize, client: OwnedFd) -> io::Result<()> {
+        if self.live >= self.maxconn || self.stop_deadline.is_some() {
+            if !self.maxconn_logged && self.stop_deadline.is_none() {
+                warning!(
+                    "worker {}: maxconn {} reached; closing new connections until some finish",
+                    self.index,
+                    self.maxconn
+                );
+                self.maxconn_logged = true;
+            }
+            return Ok(());
+        }
+        self.maxconn_logged = false;
+        let socket = SockRef::from(&client);
+        let _ = socket.set_tcp_nodelay(true);
+        let client_addr = socket.peer_addr().ok().and_then(|addr| addr.as_socket());
+
+        let service_data = &self.services[service];
+        let tls = match TlsSession::new(&service_data.tls.config, &service_data.tls.resolver) {
+            Ok(tls) => tls,
+            Err(err) => {
+                warning!(
+                    "service {}: cannot start a TLS session: {err}",
+                    service_data.name
+                );
+                return Ok(());
+            }
+        };
+
+        let now = Instant::now();
+        let (slot, generation) = match self.free.pop() {
+            Some(slot) => {
+                let Slot::Free { generation } = self.slots[slot as usize] else {
+                    unreachable!("free list names a used slot");
+                };
+                (slot, next_generation(generation))
+            }
+            None => {
+                self.slots.push(Slot::Free { generation: 0 });
+                ((self.slots.len() - 1) as u32, 0)
+            }
+        };
+        self.slots[slot as usize] = Slot::Used(Box::new(Conn {
+            generation,
+            service,
+            phase: Phase::Handshake,
+            client,
+            client_addr,
+            backend: None,
+            backend_attempt: 0,
+            backend_addr: None,
+            local_addr: None,
+            route: None,
+            tls: Box::new(tls),
+            relay: UserspaceRelay::default(),
+            path: DataPath::Userspace,
+            inflight: 0,
+            client_eof: false,
+            backend_eof: false,
+            backend_write_closed: false,
+            client_write_closed: false,
+            close_notify_queued: false,
+            close_after_flush: None,
+            reason: None,
+            accepted_at: now,
+            accepted_wall: SystemTime::now(),
+            first_byte_at: None,
+            connect_started: None,
+            first_request_at: None,
+            backend_replied: false,
+            last_activity: now,
+            last_progress: now,
+            half_closed_at: None,
+            bytes_up: 0,
+            bytes_down: 0,
+        }));
+        self.live += 1;
+        self.drive(slot)
+    }
+
+    // ---- timers and wake-ups ----
+
+    fn on_tick(&mut self) -> io::Result<()> {
+        let now = Instant::now();
+        self.ring.submit(
+            Token::new(Kind::Tick, 0, 0).encode(),
+            Op::Timeout { after: TICK },
+        )?;
+
+        if self.accept_paused_until.is_some_and(|until| now >= until) {
+            self.accept_paused_until = None;
+            for service in 0..self.listeners.len() {
+                if !self.accept_armed[service] && self.stop_deadline.is_none() {
+                    self.arm_accept(service)?;
+                }
+            }
+        }
+
+        let shutdown_expired = self.stop_deadline.is_some_and(|deadline| now >= deadline);
+        for slot in 0..self.slots.len() {
+            let Slot::Used(conn) = &self.slots[slot] else {
+                continue;
+            };
+            if conn.phase == Phase::Closing {
+                continue;
+            }
+            let timeouts = &self.services[conn.service].config.timeouts;
+            // While one side has closed, or an alert is being flushed before
+            // closing, TIMEOUTclose replaces TIMEOUTidle as the limit on silence.
+            let closing = conn.half_closed_at.is_some() || conn.close_after_flush.is_some();
+            let expired = if shutdown_expired {
+                Some(CloseReason::Shutdown)
+            } else if conn.phase == Phase::Handshake {
+                (now >= conn.accepted_at + timeouts.handshake)
+                    .then_some(CloseReason::HandshakeTimeout)
+            } else if conn.phase == Phase::Connecting {
+                // The connect operation carries its own linked timeout.
+                None
+            } else if closing && now >= conn.last_activity + timeouts.close {
+                Some(CloseReason::CloseTimeout)
+            } else if conn.has_pending_output() {
+                (now >= conn.last_progress + timeouts.busy).then_some(CloseReason::BusyTimeout)
+            } else {
+                (now >= conn.last_activity + timeouts.idle).then_some(CloseReason::IdleTimeout)
+            };
+            if let Some(reason) = expired {
+                self.close(slot as u32, reason)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn on_wake(&mut self) -> io::Result<()> {
+        if self.shared.stopping.load(Ordering::Acquire) && self.stop_deadline.is_none() {
+            self.stop_deadline = Some(Instant::now() + self.shutdown_timeout);
+            debug!(
+                "worker {}: stopping; {} connections open",
+                self.index, self.live
+            );
+            for service in 0..self.listeners.len() {
+                if let Some(listener) = &self.listeners[service] {
+                    if self.accept_armed[service] {
+                        let fd = listener.as_raw_fd();
+                        self.ring.submit(0, Op::CancelFd { fd })?;
+                    } else {
+                        self.listeners[service] = None;
+                    }
+                }
+            }
+            return Ok(());
+        }
+        let wake = self.wake.as_raw_fd();
+        self.ring.submit(
+            Token::new(Kind::Wake, 0, 0).encode(),
+            Op::ReadEventfd { fd: wake },
+        )
+    }
+
+    // ---- connections ----
+
+    fn conn(&mut self, slot: u32) -> &mut Conn {
+        match &mut self.slots[slot as usize] {
+            Slot::Used(conn) => conn,
+            Slot::Free { .. } => unreachable!("slot {slot} is free"),
+        }
+    }
+
+    fn on_conn(&mut self, token: Token, completion: Completion) -> io::Result<()> {
+        let slot = token.slot;
+        self.conn(slot).clear_inflight(token.kind);
+        if self.conn(slot).phase == Phase::Closing {
+            self.release(completion);
+            return self.finish_if_idle(slot);
+        }
+        match token.kind {
+            Kind::ClientRecv => self.on_client_recv(slot, completion),
+            Kind::BackendRecv => self.on_backend_recv(slot, completion),
+            Kind::ClientSend => self.on_send(slot, completion, true),
+            Kind::BackendSend => self.on_send(slot, completion, false),
+            Kind::Connect => self.on_connect(slot, completion),
+            Kind::ClientShutdown => {
+                let conn = self.conn(slot);
+                conn.client_write_closed = true;
+                self.drive(slot)
+            }
+            Kind::BackendShutdown => {
+                let conn = self.conn(slot);
+                conn.backend_write_closed = true;
+                self.drive(slot)
+            }
+            Kind::Accept | Kind::Tick | Kind::Wake => unreachable!("not a connection operation"),
+        }
+    }
+
+    fn on_client_recv(&mut self, slot: u32, completion: Completion) -> io::Result<()> {
+        let received = match (completion.result, completion.received) {
+            (Ok(0), buf) | (Err(_), buf @ Some(_)) => {
+                if let Some(buf) = buf {
+                    self.ring.recycle(buf);
+                }
+                return self.on_client_eof(slot);
+            }
+            (Ok(_), Some(buf)) => buf,
+            (Ok(_), None) => return self.close(slot, CloseReason::Internal),
+            (Err(libc::ENOBUFS), None) => {
+                let generation = self.conn(slot).generation;
+                self.starved.push((slot, generation, Kind::ClientRecv));
+                return Ok(());
+            }
+            (Err(libc::ECONNRESET | libc::EPIPE | libc::ETIMEDOUT), None) => {
+                let reason = self.client_reset_reason(slot);
+                return self.close(slot, reason);
+            }
+            (Err(errno), None) => {
+                debug!(
+                    "client receive failed: {}",
+                    io::Error::from_raw_os_error(errno)
+                );
+                let reason = self.client_reset_reason(slot);
+                return self.close(slot, reason);
+            }
+        };
+
+        let now = Instant::now();
+        let result = {
+            let Slot::Used(conn) = &mut self.slots[slot as usize] else {
+                unreachable!()
+            };
+            conn.last_activity = now;
+            conn.first_byte_at.get_or_insert(now);
+            let data = self.ring.received(&received);
+            let before = conn.relay.to_backend.len();
+            let result = conn.relay.client_bytes(&mut conn.tls, data);
+            let plaintext = conn.relay.to_backend.len() - before;
+            conn.bytes_up += plaintext as u64;
+            if plaintext > 0 && conn.first_request_at.is_none() {
+                conn.first_request_at = Some(now);
+            }
+            result
+        };
+        self.ring.recycle(received);
+
+        match result {
+            Ok(progress) => {
+                if progress.handshake_completed {
+                    self.on_handshake_done(slot)?;
+                }
+                if progress.peer_closed {
+                    self.conn(slot).client_eof = true;
+                    self.mark_half_closed(slot);
+                }
+                self.drive(slot)
+            }
+            Err(err) => {
+                let conn = self.conn(slot);
+                let reason = if conn.phase == Phase::Handshake {
+                    CloseReason::HandshakeFailed
+                } else {
+                    CloseReason::TlsError
+                };
+                debug!(
+                    "client {}: TLS error: {err}",
+                    display_addr(conn.client_addr)
+                );
+                conn.close_after_flush = Some(reason);
+                self.drive(slot)
+            }
+        }
+    }
+
+    fn client_reset_reason(&mut self, slot: u32) -> CloseReason {
+        if self.conn(slot).phase == Phase::Handshake {
+            CloseReason::HandshakeEof
+        } else {
+            CloseReason::ClientReset
+        }
+    }
+
+    fn on_client_eof(&mut self, slot: u32) -> io::Result<()> {
+        let conn = self.conn(slot);
+        if conn.phase == Phase::Handshake {
+            return self.close(slot, CloseReason::HandshakeEof);
+        }
+        // A FIN without close_notify ends the client's data just the same.
+        conn.client_eof = true;
+        self.mark_half_closed(slot);
+        self.drive(slot)
+    }
+
+    fn mark_half_closed(&mut self, slot: u32) {
+        let conn = self.conn(slot);
+        conn.half_closed_at.get_or_insert_with(Instant::now);
+    }
+
+    fn on_handshake_done(&mut self, slot: u32) -> io::Result<()> {
+        let conn = self.conn(slot);
+        conn.phase = Phase::Connecting;
+        conn.route = conn.tls.chosen().and_then(|chosen| chosen.route);
+        if let (Some(version), Some(suite)) = (conn.tls.protocol_version(), conn.tls.cipher_suite())
+        {
+            debug!(
+                "client {}: handshake done: {} {:?}",
+                display_addr(conn.client_addr),
+                crate::tls::version_name(version),
+                suite.suite()
+            );
+        }
+        self.connect_next(slot)
+    }
+
+    /// Starts a connection to the next backend in the service's (or the SNI
+    /// route's) list, or closes the client when none is left.
+    fn connect_next(&mut self, slot: u32) -> io::Result<()> {
+        let (service, route, attempt) = {
+            let conn = self.conn(slot);
+            (conn.service, conn.route, conn.backend_attempt)
+        };
+        let service_data = &self.services[service];
+        let backends = match route {
+            Some(route) if !service_data.config.sni[route].connect.is_empty() => {
+                &service_data.config.sni[route].connect
+            }
+            _ => &service_data.config.connect,
+        };
+        let Some(address) = backends.get(attempt).cloned() else {
+            return self.close(slot, CloseReason::ConnectFailed);
+        };
+        let local = service_data.config.local;
+        let timeout = service_data.config.timeouts.connect;
+
+        let socket = match backend_socket(&address, local) {
+            Ok(socket) => socket,
+            Err(err) => {
+                warning!(
+                    "service {}: cannot create a socket for backend {}: {err}",
+                    service_data.name,
+                    display_address(&address)
+                );
+                self.conn(slot).backend_attempt += 1;
+                return self.connect_next(slot);
+            }
+        };
+        let sockaddr = match &address {
+            Address::Inet(addr) => SockAddr::from(*addr),
+            Address::Unix(path) => SockAddr::unix(path)?,
+        };
+        let fd = socket.as_raw_fd();
+        let conn = self.conn(slot);
+        conn.backend = Some(OwnedFd::from(socket));
+        conn.backend_addr = Some(address);
+        conn.connect_started = Some(Instant::now());
+        conn.set_inflight(Kind::Connect);
+        let generation = conn.generation;
+        self.ring.submit(
+            Token::new(Kind::Connect, slot, generation).encode(),
+            Op::Connect {
+                fd,
+                addr: Box::new(sockaddr),
+                timeout,
+            },
+        )
+    }
+
+    fn on_connect(&mut self, slot: u32, completion: Completion) -> io::Result<()> {
+        match completion.result {
+            Ok(_) => {
+                let conn = self.conn(slot);
+                conn.phase = Phase::Relaying;
+                conn.last_progress = Instant::now();
+                conn.local_addr = conn
+                    .backend
+                    .as_ref()
+                    .and_then(|fd| SockRef::from(fd).local_addr().ok())
+                    .and_then(|addr| addr.as_socket());
+                self.drive(slot)
+            }
+            Err(errno) => {
+                let service = self.conn(slot).service;
+                let conn = self.conn(slot);
+                let address = conn.backend_addr.clone();
+                conn.backend = None;
+                conn.backend_attempt += 1;
+                let reason = if errno == libc::ECANCELED {
+                    "timed out".to_string()
+                } else {
+                    io::Error::from_raw_os_error(errno).to_string()
+                };
+                let (route, attempt) = {
+                    let conn = self.conn(slot);
+                    (conn.route, conn.backend_attempt)
+                };
+                let backends_left = {
+                    let service_data = &self.services[service];
+                    let list = match route {
+                        Some(route) if !service_data.config.sni[route].connect.is_empty() => {
+                            &service_data.config.sni[route].connect
+                        }
+                        _ => &service_data.config.connect,
+                    };
+                    list.len() > attempt
+                };
+                warning!(
+                    "service {}: connect to backend {} failed: {reason}{}",
+                    self.services[service].name,
+                    address.as_ref().map(display_address).unwrap_or_default(),
+                    if backends_left {
+                        "; trying the next backend"
+                    } else {
+                        ""
+                    }
+                );
+                if backends_left {
+                    return self.connect_next(slot);
+                }
+                let reason = if errno == libc::ECANCELED {
+                    CloseReason::ConnectTimeout
+                } else {
+                    CloseReason::ConnectFailed
+                };
+                self.close(slot, reason)
+            }
+        }
+    }
+
+    fn on_backend_recv(&mut self, slot: u32, completion: Completion) -> io::Result<()> {
+        let received = match (completion.result, completion.received) {
+            (Ok(0), buf) => {
+                if let Some(buf) = buf {
+                    self.ring.recycle(buf);
+                }
+                let conn = self.conn(slot);
+                conn.backend_eof = true;
+                self.mark_half_closed(slot);
+                return self.drive(slot);
+            }
+            (Ok(_), Some(buf)) => buf,
+            (Ok(_), None) => return self.close(slot, CloseReason::Internal),
+            (Err(libc::ENOBUFS), None) => {
+                let generation = self.conn(slot).generation;
+                self.starved.push((slot, generation, Kind::BackendRecv));
+                return Ok(());
+            }
+            (Err(errno), buf) => {
+                if let Some(buf) = buf {
+                    self.ring.recycle(buf);
+                }
+                debug!(
+                    "backend receive failed: {}",
+                    io::Error::from_raw_os_error(errno)
+                );
+                return self.close(slot, CloseReason::BackendReset);
+            }
+        };
+
+        let now = Instant::now();
+        let result = {
+            let Slot::Used(conn) = &mut self.slots[slot as usize] else {
+                unreachable!()
+            };
+            conn.last_activity = now;
+            conn.backend_replied = true;
+            let data = self.ring.received(&received);
+            conn.bytes_down += data.len() as u64;
+            conn.relay.backend_bytes(&mut conn.tls, data)
+        };
+        self.ring.recycle(received);
+        if let Err(err) = result {
+            debug!("encrypting for the client failed: {err}");
+            return self.close(slot, CloseReason::TlsError);
+        }
+        self.drive(slot)
+    }
+
+    fn on_send(&mut self, slot: u32, completion: Completion, to_client: bool) -> io::Result<()> {
+        let Some((buf, offset)) = completion.sent else {
+            return self.close(slot, CloseReason::Internal);
+        };
+        match completion.result {
+            Ok(sent) => {
+                let now = Instant::now();
+                let offset = offset + sent as usize;
+                let conn = self.conn(slot);
+                conn.last_progress = now;
+                conn.last_activity = now;
+                if offset < buf.len() {
+                    // A short send: send the rest of the same buffer.
+                    return self.submit_send(slot, to_client, buf, offset);
+                }
+                self.give_buffer(buf);
+                self.drive(slot)
+            }
+            Err(errno) => {
+                self.give_buffer(buf);
+                debug!(
+                    "send to {} failed: {}",
+                    if to_client { "client" } else { "backend" },
+                    io::Error::from_raw_os_error(errno)
+                );
+                let reason = if to_client {
+                    self.client_reset_reason(slot)
+                } else {
+                    CloseReason::BackendReset
+                };
+                self.close(slot, reason)
+            }
+        }
+    }
+
+    fn submit_send(
+        &mut self,
+        slot: u32,
+        to_client: bool,
+        buf: Vec<u8>,
+        offset: usize,
+    ) -> io::Result<()> {
+        let conn = self.conn(slot);
+        let (kind, fd) = if to_client {
+            (Kind::ClientSend, conn.client.as_raw_fd())
+        } else {
+            (
+                Kind::BackendSend,
+                conn.backend
+                    .as_ref()
+                    .map(AsRawFd::as_raw_fd)
+                    .expect("backend socket"),
+            )
+        };
+        conn.set_inflight(kind);
+        let generation = conn.generation;
+        self.ring.submit(
+            Token::new(kind, slot, generation).encode(),
+            Op::Send { fd, buf, offset },
+        )
+    }
+
+    /// Posts whatever operations the connection's state calls for. Every event
+    /// handler ends here.
+    fn drive(&mut self, slot: u32) -> io::Result<()> {
+        // Start sends of queued bytes.
+        let client_ready = {
+            let conn = self.conn(slot);
+            !conn.relay.to_client.is_empty() && !conn.is_inflight(Kind::ClientSend)
+        };
+        if client_ready {
+            let fresh = self.take_buffer();
+            let buf = std::mem::replace(&mut self.conn(slot).relay.to_client, fresh);
+            self.submit_send(slot, true, buf, 0)?;
+        }
+        let backend_ready = {
+            let conn = self.conn(slot);
+            conn.phase == Phase::Relaying
+                && !conn.relay.to_backend.is_empty()
+                && !conn.is_inflight(Kind::BackendSend)
+        };
+        if backend_ready {
+            let fresh = self.take_buffer();
+            let buf = std::mem::replace(&mut self.conn(slot).relay.to_backend, fresh);
+            self.submit_send(slot, false, buf, 0)?;
+        }
+
+        let conn = self.conn(slot);
+        let client_drained = conn.relay.to_client.is_empty() && !conn.is_inflight(Kind::ClientSend);
+        let backend_drained =
+            conn.relay.to_backend.is_empty() && !conn.is_inflight(Kind::BackendSend);
+
+        if let Some(reason) = conn.close_after_flush {
+            if client_drained {
+                return self.close(slot, reason);
+            }
+            return Ok(());
+        }
+
+        // Half-close: client EOF becomes SHUT_WR toward the backend once its data
+        // is delivered.
+        if conn.phase == Phase::Relaying
+            && conn.client_eof
+            && backend_drained
+            && !conn.backend_write_closed
+            && !conn.is_inflight(Kind::BackendShutdown)
+        {
+            let fd = conn
+                .backend
+                .as_ref()
+                .map(AsRawFd::as_raw_fd)
+                .expect("backend socket");
+            conn.set_inflight(Kind::BackendShutdown);
+            let generation = conn.generation;
+            self.ring.submit(
+                Token::new(Kind::BackendShutdown, slot, generation).encode(),
+                Op::Shutdown {
+                    fd,
+                    how: libc::SHUT_WR,
+                },
+            )?;
+        }
+
+        // Backend EOF becomes close_notify, then FIN, toward the client.
+        let conn = self.conn(slot);
+        if conn.phase == Phase::Relaying && conn.backend_eof && !conn.close_notify_queued {
+            conn.close_notify_queued = true;
+            let Conn { relay, tls, .. } = conn;
+            if let Err(err) = relay.close_notify(tls) {
+                debug!("cannot queue close_notify: {err}");
+            }
+            return self.drive(slot);
+        }
+        let conn = self.conn(slot);
+        if conn.close_notify_queued
+            && client_drained
+            && !conn.client_write_closed
+            && !conn.is_inflight(Kind::ClientShutdown)
+        {
+            let fd = conn.client.as_raw_fd();
+            conn.set_inflight(Kind::ClientShutdown);
+            let generation = conn.generation;
+            self.ring.submit(
+                Token::new(Kind::ClientShutdown, slot, generation).encode(),
+                Op::Shutdown {
+                    fd,
+                    how: libc::SHUT_WR,
+                },
+            )?;
+        }
+
+        let conn = self.conn(slot);
+        if conn.is_done() {
+            return self.close(slot, CloseReason::Done);
+        }
+        // The client closed and the backend is gone too: nothing more can flow.
+        if conn.client_eof && conn.backend_eof && conn.phase != Phase::Relaying {
+            return self.close(slot, CloseReason::Done);
+        }
+
+        if conn.wants_client_recv() {
+            self.post_recv(slot, Kind::ClientRecv)?;
+        }
+        if self.conn(slot).wants_backend_recv() {
+            self.post_recv(slot, Kind::BackendRecv)?;
+        }
+        let conn = self.conn(slot);
+        if !conn.has_pending_output() {
+            conn.relay.shrink_idle();
+        }
+        Ok(())
+    }
+
+    fn post_recv(&mut self, slot: u32, kind: Kind) -> io::Result<()> {
+        let conn = self.conn(slot);
+        let fd = match kind {
+            Kind::ClientRecv => conn.client.as_raw_fd(),
+            _ => conn
+                .backend
+                .as_ref()
+                .map(AsRawFd::as_raw_fd)
+                .expect("backend socket"),
+        };
+        conn.set_inflight(kind);
+        let generation = conn.generation;
+        self.ring
+            .submit(Token::new(kind, slot, generation).encode(), Op::Recv { fd })
+    }
+
+    /// Re-posts receives that found the provided-buffer ring empty.
+    fn feed_starved(&mut self) -> io::Result<()> {
+        while self.ring.buffers_available() > 0 {
+            let Some((slot, generation, _)) = self.starved.pop() else {
+                break;
+            };
+            let current = matches!(
+                self.slots.get(slot as usize),
+                Some(Slot::Used(conn)) if conn.generation == generation && conn.phase != Phase::Closing
+            );
+            if current {
+                self.drive(slot)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts closing: cancels what is in flight, and frees the slot once every
+    /// operation has completed.
+    fn close(&mut self, slot: u32, reason: CloseReason) -> io::Result<()> {
+        let conn = self.conn(slot);
+        if conn.phase == Phase::Closing {
+            return Ok(());
+        }
+        conn.phase = Phase::Closing;
+        conn.reason.get_or_insert(reason);
+        // Pass an abortive close on as one: a reset toward the other side.
+        let abort = match reason {
+            CloseReason::ClientReset => conn.backend.as_ref(),
+            CloseReason::BackendReset => Some(&conn.client),
+            _ => None,
+        };
+        if let Some(fd) = abort {
+            let _ = SockRef::from(fd).set_linger(Some(Duration::ZERO));
+        }
+        if conn.inflight != 0 {
+            let client = conn.client.as_raw_fd();
+            let backend = conn.backend.as_ref().map(AsRawFd::as_raw_fd);
+            self.ring.submit(0, Op::CancelFd { fd: client })?;
+            if let Some(fd) = backend {
+                self.ring.submit(0, Op::CancelFd { fd })?;
+            }
+        }
+        self.finish_if_idle(slot)
+    }
+
+    fn finish_if_idle(&mut self, slot: u32) -> io::Result<()> {
+        let conn = self.conn(slot);
+        if conn.phase != Phase::Closing || conn.inflight != 0 {
+            return Ok(());
+        }
+        let generation = conn.generation;
+        let Slot::Used(conn) =
+            std::mem::replace(&mut self.slots[slot as usize], Slot::Free { generation })
+        else {
+            unreachable!()
+        };
+        self.free.push(slot);
+        self.live -= 1;
+        self.log_finished(&conn);
+        // Dropping the connection closes both sockets.
+        drop(conn);
+        Ok(())
+    }
+
+    fn log_finished(&self, conn: &Conn) {
+        let service = &self.services[conn.service];
+        let version = conn.tls.protocol_version().map(crate::tls::version_name);
+        let cipher = conn
+            .tls
+            .cipher_suite()
+            .and_then(|suite| suite.suite().as_str());
+        let chosen = conn.tls.chosen();
+        let record = ConnectionRecord {
+            service: &service.name,
+            client: conn.client_addr,
+            local: conn.local_addr,
+            backend: conn.backend_addr.as_ref(),
+            start: conn.accepted_wall,
+            duration: conn.accepted_at.elapsed(),
+            tls_version: if conn.tls.is_handshaking() {
+                None
+            } else {
+                version
+            },
+            cipher: if conn.tls.is_handshaking() {
+                None
+            } else {
+                cipher
+            },
+            sni: chosen.and_then(|chosen| chosen.server_name.as_deref()),
+            alpn: conn.tls.alpn_protocol(),
+            path: conn.path.as_str(),
+            up: conn.bytes_up,
+            down: conn.bytes_down,
+            reason: conn.reason.unwrap_or(CloseReason::Internal),
+        };
+        record.log();
+    }
+}
+
+fn backend_socket(address: &Address, local: Option<std::net::IpAddr>) -> io::Result<Socket> {
+    let domain = match address {
+        Address::Inet(addr) => Domain::for_address(*addr),
+        Address::Unix(_) => Domain::UNIX,
+    };
+    let socket = Socket::new(domain, Type::STREAM.nonblocking().cloexec(), None)?;
+    if let Address::Inet(_) = address {
+        socket.set_tcp_nodelay(true)?;
+        if let Some(local) = local {
+            if local.is_ipv4() {
+                crate::sys::set_bind_address_no_port(socket.as_raw_fd())?;
+            }
+            socket.bind(&SocketAddr::new(local, 0).into())?;
+        }
+    }
+    Ok(socket)
+}
+
+pub fn display_addr(addr: Option<SocketAddr>) -> String {
+    addr.map(|addr| addr.to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+pub fn display_address(address: &Address) -> String {
+    match address {
+        Address::Inet(addr) => addr.to_string(),
+        Address::Unix(path) => path.display().to_string(),
+    }
+}

@@ -1,0 +1,182 @@
+//! Loading certificates and keys, and choosing one by server name.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+use crate::config::{CertSource, ConfigError};
+
+/// A loaded certificate chain with its signing key.
+#[derive(Debug, Clone)]
+pub struct LoadedCert {
+    pub key: Arc<CertifiedKey>,
+    /// `Some(route)` when the certificate belongs to an SNI route.
+    pub route: Option<usize>,
+    /// The route's server name pattern, for SNI routes.
+    pub pattern: Option<String>,
+}
+
+/// Loads `source`'s chain and key and checks that they belong together.
+pub fn load(source: &CertSource, provider: &CryptoProvider) -> Result<CertifiedKey, ConfigError> {
+    let chain = read_chain(&source.cert).map_err(|message| error(source, &source.cert, message))?;
+    let key_path = source.key.as_deref().unwrap_or(&source.cert);
+    let key = PrivateKeyDer::from_pem_file(key_path).map_err(|err| {
+        let message = match err {
+            rustls::pki_types::pem::Error::NoItemsFound if source.key.is_none() => {
+                "no private key found in the certificate file; add a `key = FILE` line".to_string()
+            }
+            rustls::pki_types::pem::Error::NoItemsFound => {
+                "no PEM private key found (expected PKCS#8, SEC1 or PKCS#1)".to_string()
+            }
+            other => format!("cannot read private key: {other}"),
+        };
+        error(source, key_path, message)
+    })?;
+    CertifiedKey::from_der(chain, key, provider).map_err(|err| {
+        let message = match err {
+            rustls::Error::InconsistentKeys(_) => format!(
+                "private key {} does not match the certificate; use the key the certificate was issued for",
+                key_path.display()
+            ),
+            other => format!("unusable certificate or key: {other}"),
+        };
+        error(source, &source.cert, message)
+    })
+}
+
+fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let chain = CertificateDer::pem_file_iter(path)
+        .map_err(|err| format!("cannot read certificate: {}", pem_error(err)))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| format!("invalid PEM certificate: {}", pem_error(err)))?;
+    if chain.is_empty() {
+        return Err("no PEM certificate found; expected -----BEGIN CERTIFICATE-----".into());
+    }
+    Ok(chain)
+}
+
+fn pem_error(err: rustls::pki_types::pem::Error) -> String {
+    match err {
+        rustls::pki_types::pem::Error::Io(io) => io.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn error(source: &CertSource, path: &Path, message: String) -> ConfigError {
+    ConfigError {
+        file: source.origin.file.clone(),
+        line: source.origin.line,
+        option: Some(source.origin.option.clone()).filter(|option| !option.is_empty()),
+        value: Some(path.display().to_string()),
+        message,
+    }
+}
+
+/// Generates a self-signed ECDSA P-256 certificate for `localhost`, `127.0.0.1` and
+/// `::1`, kept in memory only.
+pub fn self_signed(provider: &CryptoProvider) -> Result<CertifiedKey, rcgen::Error> {
+    let names = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
+    let generated = rcgen::generate_simple_self_signed(names)?;
+    let key = PrivateKeyDer::try_from(generated.signing_key.serialize_der())
+        .map_err(|_| rcgen::Error::CouldNotParseKeyPair)?;
+    let chain = vec![generated.cert.der().clone()];
+    CertifiedKey::from_der(chain, key, provider).map_err(|_| rcgen::Error::CouldNotParseKeyPair)
+}
+
+/// Picks a certificate by the client's server name.
+///
+/// Order: SNI routes whose pattern matches, then the listener's certificates whose
+/// subject names match, then the listener's first certificate.
+pub struct SniResolver {
+    certs: Vec<LoadedCert>,
+}
+
+impl SniResolver {
+    /// `certs` holds the listener's own certificates first, default first, then
+    /// the SNI routes' certificates.
+    pub fn new(certs: Vec<LoadedCert>) -> SniResolver {
+        assert!(
+            !certs.is_empty(),
+            "a listener needs at least one certificate"
+        );
+        SniResolver { certs }
+    }
+
+    /// The chosen certificate for `server_name`: its route, if any.
+    pub fn choose(&self, server_name: Option<&str>) -> &LoadedCert {
+        let Some(name) = server_name else {
+            return &self.certs[0];
+        };
+        let by_route = self.certs.iter().find(|cert| {
+            cert.pattern
+                .as_deref()
+                .is_some_and(|pattern| name_matches(pattern, name))
+        });
+        if let Some(cert) = by_route {
+            return cert;
+        }
+        let Ok(server_name) = ServerName::try_from(name) else {
+            return &self.certs[0];
+        };
+        self.certs
+            .iter()
+            .filter(|cert| cert.route.is_none())
+            .find(|cert| cert_matches(&cert.key, &server_name))
+            .unwrap_or(&self.certs[0])
+    }
+}
+
+impl fmt::Debug for SniResolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SniResolver")
+            .field("certs", &self.certs.len())
+            .finish()
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.choose(client_hello.server_name()).key.clone())
+    }
+}
+
+fn cert_matches(key: &CertifiedKey, name: &ServerName<'_>) -> bool {
+    let Some(end_entity) = key.cert.first() else {
+        return false;
+    };
+    webpki::EndEntityCert::try_from(end_entity)
+        .is_ok_and(|cert| cert.verify_is_valid_for_subject_name(name).is_ok())
+}
+
+/// Matches a server name against a pattern: exact, case-insensitive, or
+/// `*.example.com`, where `*` stands for exactly one label.
+pub fn name_matches(pattern: &str, name: &str) -> bool {
+    let name = name.trim_end_matches('.');
+    match pattern.strip_prefix("*.") {
+        Some(suffix) => name
+            .split_once('.')
+            .is_some_and(|(label, rest)| !label.is_empty() && rest.eq_ignore_ascii_case(suffix)),
+        None => pattern.eq_ignore_ascii_case(name),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::name_matches;
+
+    #[test]
+    fn name_patterns() {
+        assert!(name_matches("www.example.com", "WWW.example.com"));
+        assert!(name_matches("www.example.com", "www.example.com."));
+        assert!(name_matches("*.example.com", "a.example.com"));
+        assert!(!name_matches("*.example.com", "example.com"));
+        assert!(!name_matches("*.example.com", "a.b.example.com"));
+        assert!(!name_matches("www.example.com", "www.example.org"));
+    }
+}
