@@ -22,6 +22,10 @@ impl fmt::Display for ConfigError {
             None => {}
         }
         match (&self.option, &self.value) {
+            // A command-line flag reads as it was typed: `--accept 8443`.
+            (Some(option), Some(value)) if option.starts_with("--") => {
+                write!(f, "{option} {value}: ")?
+            }
             (Some(option), Some(value)) => write!(f, "{option} = {value}: ")?,
             (Some(option), None) => write!(f, "{option}: ")?,
             _ => {}

@@ -5,7 +5,12 @@
 //! has at least one certificate and a backend.
 
 mod error;
+mod flags;
+mod options;
 mod parse;
+#[cfg(test)]
+mod tests;
+mod value;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -34,7 +39,11 @@ pub struct Global {
     /// Log file, opened before chroot. `None` writes to stderr.
     pub output: Option<PathBuf>,
     pub syslog: bool,
+    /// Syslog facility from `debug = facility.level`; `daemon` unless given.
+    pub syslog_facility: String,
     pub foreground: bool,
+    /// Copy log lines to stderr: `foreground = yes`, but not `foreground = quiet`.
+    pub log_stderr: bool,
     pub debug: LogLevel,
     /// Worker threads; `None` means one per online CPU.
     pub threads: Option<usize>,
@@ -49,6 +58,31 @@ pub struct Global {
     pub histogram_log_interval: Duration,
     /// `privsep`; `None` means yes when started as root.
     pub privsep: Option<bool>,
+}
+
+impl Default for Global {
+    /// stunnel's defaults where stunnel has the option, and tlsplice's otherwise.
+    fn default() -> Self {
+        Global {
+            chroot: None,
+            pid: None,
+            setuid: None,
+            setgid: None,
+            output: None,
+            syslog: true,
+            syslog_facility: "daemon".to_string(),
+            foreground: false,
+            log_stderr: false,
+            debug: LogLevel::Notice,
+            threads: None,
+            maxconn: 32768,
+            shutdown_timeout: Duration::from_secs(30),
+            stats: None,
+            histogram_log: None,
+            histogram_log_interval: Duration::from_secs(10),
+            privsep: None,
+        }
+    }
 }
 
 /// Log severity, with syslog's numbering as stunnel's `debug` option uses it.
@@ -195,11 +229,11 @@ pub struct Flags {
 }
 
 impl Config {
-    /// Builds a one-service configuration from command-line flags. The service
-    /// runs in the foreground unless flags say otherwise, logs to stderr, and
-    /// uses a self-signed certificate when no `cert` is given.
+    /// Builds a one-service configuration named `default` from command-line flags.
+    /// It runs in the foreground, logs to stderr and not to syslog, and uses a
+    /// self-signed certificate when no `cert` is given. Errors name the flag
+    /// (`--accept`) and carry no file or line.
     pub fn from_flags(flags: &Flags) -> Result<Config, ConfigError> {
-        let _ = flags;
-        todo!("config from flags")
+        flags::config_from_flags(flags, value::system_resolve)
     }
 }

@@ -2,6 +2,7 @@
 //! states the invariant it relies on in a `// SAFETY:` comment.
 
 pub mod ring;
+pub mod user;
 
 use std::ffi::CString;
 use std::io;
