@@ -155,9 +155,9 @@ pub fn write(level: LogLevel, message: std::fmt::Arguments<'_>) {
     }
     let mut line = String::with_capacity(256);
     use std::fmt::Write as _;
-    let _ = write!(
+    let _ = writeln!(
         line,
-        "{} {} {}\n",
+        "{} {} {}",
         format_rfc3339(std::time::SystemTime::now()),
         level_name(level),
         message
