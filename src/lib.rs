@@ -16,6 +16,7 @@
 pub mod cli;
 pub mod config;
 pub mod log;
+pub mod proxy;
 pub mod relay;
 pub mod runtime;
 #[allow(unsafe_code)]
