@@ -15,6 +15,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod correlate;
 pub mod log;
 pub mod proxy;
 pub mod relay;
