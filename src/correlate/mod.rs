@@ -12,8 +12,8 @@
 //! # Bounded memory: a windowed join without sorting
 //!
 //! Both logs are read as streams, each merged from its files by time
-//! ([`input::Merge`]), and only connections that an access line may still refer
-//! to are kept in an [`index::Index`]. For each access line with time `t`:
+//! (`input::Merge`), and only connections that an access line may still refer
+//! to are kept in an index keyed by local address (`index::Index`). For each access line with time `t`:
 //!
 //! 1. Connection lines are read until one was logged after
 //!    `t + resolution + skew + window`. tlsplice logs a connection when it
@@ -208,7 +208,7 @@ pub struct Summary {
     /// Access lines older than the newest one by more than the window, for which
     /// connections may already have been evicted.
     pub late: u64,
-    /// Connection lines with a local address, read into the join.
+    /// Connection lines with a local address that passed the `--backend` filter.
     pub connections: u64,
     /// Malformed connection lines, skipped.
     pub invalid_connection_lines: u64,
@@ -281,7 +281,13 @@ pub fn run(args: &CorrelateArgs) -> Result<Summary, CorrelateError> {
     };
     let mut output = BufWriter::new(output);
 
-    let summary = correlate(&options, connections, access_logs, &mut output)?;
+    let summary = correlate(
+        &options,
+        connections,
+        access_logs,
+        &mut output,
+        &output_name,
+    )?;
     output.flush().map_err(|source| CorrelateError::Output {
         path: output_name,
         source,
@@ -309,6 +315,7 @@ pub fn correlate_readers(
         to_sources(connections),
         to_sources(access_logs),
         output,
+        "output",
     )
 }
 
@@ -396,6 +403,7 @@ fn correlate(
     connections: Vec<LineSource>,
     access_logs: Vec<LineSource>,
     output: &mut dyn Write,
+    output_name: &str,
 ) -> Result<Summary, CorrelateError> {
     let connection_sources = connections
         .into_iter()
@@ -430,7 +438,7 @@ fn correlate(
         summary: Summary::default(),
     };
     let write_error = |source| CorrelateError::Output {
-        path: "output".to_owned(),
+        path: output_name.to_owned(),
         source,
     };
 

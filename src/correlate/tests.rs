@@ -632,3 +632,45 @@ fn run_reports_missing_file() {
         "{error}"
     );
 }
+
+#[test]
+fn args_parse_from_command_line() {
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Command {
+        #[command(flatten)]
+        args: CorrelateArgs,
+    }
+
+    let command = Command::try_parse_from([
+        "correlate",
+        "--connections",
+        "tlsplice.log",
+        "--connections",
+        "tlsplice.log.1.gz",
+        "--access-log",
+        "access.log",
+        "--format",
+        "nginx",
+        "--skew",
+        "0.5",
+        "--backend",
+        "127.0.0.1:8080",
+    ])
+    .unwrap();
+    let args = command.args;
+    assert_eq!(args.connections.len(), 2);
+    assert_eq!(
+        args.access_logs,
+        vec![std::path::PathBuf::from("access.log")]
+    );
+    assert_eq!(args.format, "nginx");
+    assert_eq!(args.skew, 0.5);
+    assert_eq!(args.window, 300.0);
+    assert_eq!(args.backend, Some("127.0.0.1:8080".parse().unwrap()));
+    assert_eq!(args.output, None);
+
+    let missing_access_log = Command::try_parse_from(["correlate", "--connections", "c"]);
+    assert!(missing_access_log.is_err());
+}

@@ -148,63 +148,63 @@ pub fn encode_v1(out: &mut Vec<u8>, addresses: &Addresses) {
 ///
 /// [`Addresses::Local`] is written as command LOCAL with AF_UNSPEC and no
 /// addresses or TLVs, as the specification recommends for health checks.
-/// [`Addresses::Unknown`] is written as command PROXY with AF_UNSPEC, followed
-/// by the TLVs. TCP addresses use AF_INET when both are IPv4 (IPv4-mapped IPv6
+/// [`Addresses::Unknown`] is written as command PROXY with AF_UNSPEC and no
+/// TLVs, because an AF_UNSPEC block has no defined layout and receivers,
+/// [`super::decode`] included, skip all of it. TCP addresses use AF_INET when both are IPv4 (IPv4-mapped IPv6
 /// counts as IPv4) and AF_INET6 otherwise, mapping an IPv4 side into IPv6.
 ///
 /// On error `out` is left unchanged.
 pub fn encode_v2(out: &mut Vec<u8>, addresses: &Addresses, tlvs: &Tlvs) -> Result<(), EncodeError> {
-    let (command, family, endpoints) = match *addresses {
+    // Version 2 in the high nibble, command LOCAL (0) or PROXY (1) in the low one.
+    const LOCAL: u8 = 0x20;
+    const PROXY: u8 = 0x21;
+
+    let endpoints = match *addresses {
         Addresses::Local => {
             out.extend_from_slice(&V2_SIGNATURE);
-            out.extend_from_slice(&[0x20, 0x00, 0x00, 0x00]);
+            out.extend_from_slice(&[LOCAL, 0x00, 0x00, 0x00]);
             return Ok(());
         }
-        Addresses::Unknown => (0x21, 0x00, None),
+        Addresses::Unknown => {
+            out.extend_from_slice(&V2_SIGNATURE);
+            out.extend_from_slice(&[PROXY, 0x00, 0x00, 0x00]);
+            return Ok(());
+        }
         Addresses::Tcp {
             source,
             destination,
-        } => {
-            let endpoints = canonical_endpoints(source, destination);
-            let family = match endpoints {
-                Endpoints::V4 { .. } => 0x11,
-                Endpoints::V6 { .. } => 0x21,
-            };
-            (0x21, family, Some(endpoints))
-        }
+        } => canonical_endpoints(source, destination),
     };
-
-    let address_length = match endpoints {
-        None => 0,
-        Some(Endpoints::V4 { .. }) => 12,
-        Some(Endpoints::V6 { .. }) => 36,
+    // TCP over IPv4 or IPv6, and the length of its address block.
+    let (family, address_length) = match endpoints {
+        Endpoints::V4 { .. } => (0x11, 12),
+        Endpoints::V6 { .. } => (0x21, 36),
     };
     let length = address_length + tlvs_length(tlvs)?;
     let length_field = u16::try_from(length).map_err(|_| EncodeError::TooLong { length })?;
 
     out.reserve(super::V2_FIXED_LENGTH + length);
     out.extend_from_slice(&V2_SIGNATURE);
-    out.push(command);
+    out.push(PROXY);
     out.push(family);
     out.extend_from_slice(&length_field.to_be_bytes());
 
     match endpoints {
-        None => {}
-        Some(Endpoints::V4 {
+        Endpoints::V4 {
             source,
             destination,
             ports,
-        }) => {
+        } => {
             out.extend_from_slice(&source);
             out.extend_from_slice(&destination);
             out.extend_from_slice(&ports.0.to_be_bytes());
             out.extend_from_slice(&ports.1.to_be_bytes());
         }
-        Some(Endpoints::V6 {
+        Endpoints::V6 {
             source,
             destination,
             ports,
-        }) => {
+        } => {
             out.extend_from_slice(&source);
             out.extend_from_slice(&destination);
             out.extend_from_slice(&ports.0.to_be_bytes());

@@ -390,8 +390,9 @@ fn v2_encode_local_exact() {
 
 #[test]
 fn v2_encode_unknown_exact() {
+    // AF_UNSPEC carries no TLVs, since receivers skip its whole block.
     assert_eq!(
-        v2(&Addresses::Unknown, &Tlvs::default()),
+        v2(&Addresses::Unknown, &full_tlvs()),
         bytes(&[&SIG, &[0x21, 0x00, 0x00, 0x00]])
     );
 }
@@ -450,9 +451,10 @@ fn v2_encode_verified_client_cert_flags() {
         }),
         ..Tlvs::default()
     };
-    let encoded = v2(&Addresses::Unknown, &tlvs);
-    // Fixed part, then the SSL TLV's type and length, then client and verify.
-    assert_eq!(&encoded[19..24], &[0x03, 0x00, 0x00, 0x00, 0x00]);
+    let encoded = v2(&tcp("127.0.0.1:1", "127.0.0.1:2"), &tlvs);
+    // Fixed part, IPv4 addresses, then the SSL TLV's type and length, then
+    // client and verify.
+    assert_eq!(&encoded[31..36], &[0x03, 0x00, 0x00, 0x00, 0x00]);
 }
 
 #[test]
