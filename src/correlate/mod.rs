@@ -514,6 +514,9 @@ impl Join<'_> {
             ..
         } = *self.options;
 
+        // NOTE: one access line with a wrong time far in the future moves
+        // `newest_access` ahead, so the lines after it count as late and
+        // connections they need may already be evicted.
         if line.time < self.newest_access.saturating_sub(window) {
             self.summary.late += 1;
         }
