@@ -24,7 +24,7 @@ mod tests;
 
 pub use decode::{decode, Progress};
 pub use encode::{encode_v1, encode_v2, EncodeError, Ssl, Tlvs};
-pub use error::DecodeError;
+pub use error::{DecodeError, Side};
 
 use std::net::SocketAddr;
 
