@@ -6,7 +6,9 @@
 //!   connection slab;
 //! - [`tls`] loads certificates and drives the rustls handshake;
 //! - [`relay`] moves bytes between the client and the backend after the handshake;
-//! - [`log`] writes diagnostics and the one line per finished connection.
+//! - [`log`] writes diagnostics and the one line per finished connection;
+//! - [`proxy`] encodes and decodes PROXY protocol headers;
+//! - [`correlate`] joins a backend's access log with the connection log.
 //!
 //! All `unsafe` code lives in [`sys`]; every other module is checked by
 //! `#![deny(unsafe_code)]` at this root.
@@ -15,7 +17,9 @@
 
 pub mod cli;
 pub mod config;
+pub mod correlate;
 pub mod log;
+pub mod proxy;
 pub mod relay;
 pub mod runtime;
 #[allow(unsafe_code)]
