@@ -6,7 +6,8 @@
 //!   connection slab;
 //! - [`tls`] loads certificates and drives the rustls handshake;
 //! - [`relay`] moves bytes between the client and the backend after the handshake;
-//! - [`log`] writes diagnostics and the one line per finished connection.
+//! - [`log`] writes diagnostics and the one line per finished connection;
+//! - [`metrics`] records latency histograms and counters per worker and exports them.
 //!
 //! All `unsafe` code lives in [`sys`]; every other module is checked by
 //! `#![deny(unsafe_code)]` at this root.
@@ -16,6 +17,7 @@
 pub mod cli;
 pub mod config;
 pub mod log;
+pub mod metrics;
 pub mod relay;
 pub mod runtime;
 #[allow(unsafe_code)]
