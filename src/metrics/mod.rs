@@ -1,11 +1,13 @@
 //! Latency histograms, connection counters and their export.
 //!
 //! Each worker thread owns a [`WorkerMetrics`] and records into it without locks.
-//! About every 250 ms the worker calls [`WorkerMetrics::publish`], which copies the
-//! values that changed into a slot shared with the [`Registry`]. Readers (the
-//! [`StatsServer`], the [`HistogramLogger`] and [`Registry::summary`]) merge the
-//! published slots into a [`Snapshot`] and never touch a worker's live values, so
-//! what they show is at most one publish interval old.
+//! About every 250 ms the worker calls [`WorkerMetrics::publish`], which swaps the
+//! values recorded since its last publish into a slot shared with the
+//! [`Registry`]. The registry moves them into running totals, either when a
+//! [`Collector`] thread calls [`Registry::collect`] or when a reader asks for a
+//! [`Snapshot`]. Readers (the [`StatsServer`], the [`HistogramLogger`] and
+//! [`Registry::summary`]) never touch a worker's live values, so what they show
+//! lags the workers by at most one publish interval.
 //!
 //! Durations are recorded in microseconds and sizes in bytes, in HdrHistogram
 //! histograms with 3 significant digits that resize as needed. Counts and sums are
@@ -24,7 +26,7 @@ mod summary;
 pub use histlog::HistogramLogger;
 pub use http::{StatsServer, StatsServerOptions};
 pub use record::{HistogramKind, Recorder, ServiceMetrics, TlsCount, Unit, WorkerMetrics};
-pub use registry::{Registry, Snapshot};
+pub use registry::{Collector, Registry, Snapshot};
 
 /// Cause of a failed TLS handshake, as counted by `tlsplice_handshake_failures_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
