@@ -197,6 +197,15 @@ fn publish_skips_unchanged_worker() {
 }
 
 #[test]
+fn dropped_worker_publishes_remaining_values() {
+    let registry = registry(&["web"]);
+    let mut worker = registry.register_worker();
+    worker.accepted(0);
+    drop(worker);
+    assert_eq!(registry.snapshot().total.accepted, 1);
+}
+
+#[test]
 fn snapshot_excludes_unpublished_values() {
     let registry = registry(&["web"]);
     let mut worker = registry.register_worker();
@@ -516,5 +525,50 @@ fn stats_server_stops() {
     assert!(
         TcpStream::connect(addr).is_err(),
         "listener still open after stop"
+    );
+}
+
+#[test]
+fn histogram_logger_writes_last_interval_on_stop() {
+    use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
+    use tlsplice::metrics::HistogramLogger;
+
+    let directory = std::env::temp_dir().join(format!("tlsplice-hlog-{}", std::process::id()));
+    std::fs::create_dir_all(&directory).unwrap();
+    let path = directory.join("test.hlog");
+
+    let registry = registry(&["web"]);
+    let logger =
+        HistogramLogger::start(&path, Duration::from_secs(3600), Arc::clone(&registry)).unwrap();
+    let mut worker = registry.register_worker();
+    for i in 0..5 {
+        connection(&mut worker, 0, 100 + i, 10, 20);
+    }
+    worker.publish();
+    logger.stop();
+
+    let log = std::fs::read(&path).unwrap();
+    std::fs::remove_dir_all(&directory).unwrap();
+    let mut counts = Vec::new();
+    for entry in IntervalLogIterator::new(&log) {
+        if let LogEntry::Interval(interval) = entry.expect("log line parses") {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(interval.encoded_histogram())
+                .unwrap();
+            let histogram: Histogram<u64> = Deserializer::new()
+                .deserialize(&mut bytes.as_slice())
+                .unwrap();
+            let tag = interval.tag().unwrap().as_str().to_owned();
+            counts.push((tag, histogram.len()));
+        }
+    }
+    assert_eq!(counts.len(), 12, "{counts:?}");
+    assert!(
+        counts.contains(&("handshake_duration".to_owned(), 5)),
+        "{counts:?}"
+    );
+    assert!(
+        counts.contains(&("bytes_client_to_backend:web".to_owned(), 5)),
+        "{counts:?}"
     );
 }

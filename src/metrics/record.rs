@@ -284,7 +284,7 @@ fn micros(duration: Duration) -> u64 {
 pub(super) struct SlotState {
     /// Values published and not yet collected, per service.
     pub(super) deltas: Vec<ServiceMetrics>,
-    /// Whether `deltas[i]` holds values; an empty entry is zeroed and ready to swap.
+    /// Whether `deltas[i]` contains values; an empty entry is zeroed and ready to swap.
     pub(super) full: Vec<bool>,
 }
 
@@ -443,6 +443,13 @@ impl WorkerMetrics {
     /// worker's last publish. One relaxed atomic load.
     pub fn publish_requested(&self) -> bool {
         self.publish_requests.load(Ordering::Relaxed) != self.seen_requests
+    }
+}
+
+impl Drop for WorkerMetrics {
+    /// Publishes what is left, so a worker that exits loses no values.
+    fn drop(&mut self) {
+        self.publish();
     }
 }
 
