@@ -8,7 +8,8 @@
 //! - [`relay`] moves bytes between the client and the backend after the handshake;
 //! - [`log`] writes diagnostics and the one line per finished connection;
 //! - [`proxy`] encodes and decodes PROXY protocol headers;
-//! - [`correlate`] joins a backend's access log with the connection log.
+//! - [`correlate`] joins a backend's access log with the connection log;
+//! - [`metrics`] records latency histograms and counters per worker and exports them.
 //!
 //! All `unsafe` code lives in [`sys`]; every other module is checked by
 //! `#![deny(unsafe_code)]` at this root.
@@ -20,6 +21,7 @@ pub mod config;
 pub mod correlate;
 pub mod log;
 pub mod proxy;
+pub mod metrics;
 pub mod relay;
 pub mod runtime;
 #[allow(unsafe_code)]
