@@ -752,6 +752,42 @@ fn key_update_on_tls12_is_rejected() {
 }
 
 #[test]
+fn fatal_alert_from_client() {
+    let Some(_) = kernel_tls() else { return };
+    let suite = cipher_suite::TLS13_AES_256_GCM_SHA384;
+    let (listener, addr) = listen();
+    let client = thread::spawn(move || {
+        let mut sock = TcpStream::connect(addr).unwrap();
+        let mut conn = new_client(suite);
+        client_handshake(&mut conn, &mut sock);
+        let mut tls = rustls::Stream::new(&mut conn, &mut sock);
+        let mut buf = [0u8; 16];
+        tls.read(&mut buf).unwrap_err()
+    });
+
+    // A HelloRequest is not allowed after a TLS 1.3 handshake, so the client
+    // rejects it with a fatal unexpected_message alert.
+    let server = accept_and_offload(&listener, suite);
+    let hello_request = [0u8, 0, 0, 0];
+    let sent = sys::send_record(server.stream.as_fd(), 22, &hello_request).unwrap();
+    assert_eq!(sent, hello_request.len());
+
+    let mut buf = vec![0u8; CONTROL_RECORD_BUFFER_LEN];
+    let record = kernel::read_control_record(server.stream.as_fd(), &mut buf).unwrap();
+    assert_eq!(
+        record,
+        ControlRecord::Alert {
+            level: 2,
+            description: 10
+        }
+    );
+    assert!(record.is_fatal());
+
+    let error = client.join().unwrap();
+    assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{error}");
+}
+
+#[test]
 fn handoff_without_secret_extraction_fails() {
     let suite = cipher_suite::TLS13_AES_128_GCM_SHA256;
     let mut config = (*server_config(suite)).clone();

@@ -657,6 +657,8 @@ fn set_key(
 }
 
 /// Installs the peer's next receive key after it sent a KeyUpdate.
+// NOTE: the success path has only run where the kernel rejects a second key
+// (Linux 6.1), so it is untested on kernels with TLS 1.3 re-key support.
 pub fn update_rx_key(
     fd: BorrowedFd<'_>,
     conn: &mut KernelConnection<ServerConnectionData>,
