@@ -4,6 +4,7 @@
 //! session can later be handed to the kernel for record encryption.
 
 pub mod certs;
+pub mod kernel;
 pub mod session;
 
 use std::sync::Arc;
