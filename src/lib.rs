@@ -9,6 +9,7 @@
 //! - [`log`] writes diagnostics and the one line per finished connection;
 //! - [`proxy`] encodes and decodes PROXY protocol headers;
 //! - [`correlate`] joins a backend's access log with the connection log;
+//! - [`privsep`] keeps private keys in a key process and jails the workers;
 //! - [`metrics`] records latency histograms and counters per worker and exports them.
 //!
 //! All `unsafe` code lives in [`sys`]; every other module is checked by
@@ -20,8 +21,9 @@ pub mod cli;
 pub mod config;
 pub mod correlate;
 pub mod log;
-pub mod proxy;
 pub mod metrics;
+pub mod privsep;
+pub mod proxy;
 pub mod relay;
 pub mod runtime;
 #[allow(unsafe_code)]

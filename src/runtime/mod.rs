@@ -9,9 +9,9 @@
 
 mod conn;
 mod listener;
-mod privileges;
+pub(crate) mod privileges;
 mod token;
-mod worker;
+pub(crate) mod worker;
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -136,34 +136,19 @@ pub fn load_services(config: &Config) -> Result<Vec<Service>, RunError> {
 /// Runs the terminator until SIGTERM or SIGINT.
 pub fn run(config: Config) -> Result<(), RunError> {
     probe_io_uring()?;
+    if crate::privsep::enabled(&config.global) {
+        return run_separated(&config);
+    }
     let mut services = load_services(&config)?;
     let global = &config.global;
 
-    crate::log::init(
-        global.debug,
-        global.output.as_deref(),
-        global.foreground && global.output.is_some(),
-        global.syslog,
-    )
-    .map_err(io_error("cannot start logging"))?;
-    match crate::sys::raise_fd_limit() {
-        Ok(limit) => crate::debug!("file descriptor limit: {limit}"),
-        Err(err) => warning!("cannot raise the file descriptor limit: {err}"),
-    }
-
+    start_logging(global)?;
     let cpus = crate::sys::allowed_cpus();
     let workers = global.threads.unwrap_or_else(|| cpus.len().max(1)).max(1);
 
     let mut listeners = Vec::with_capacity(services.len());
     for service in &mut services {
-        let bound =
-            listener::bind(&service.config.accept, workers).map_err(|error| RunError::Bind {
-                service: service.name.clone(),
-                address: worker::display_address(&service.config.accept),
-                error,
-            })?;
-        service.config.accept = bound.bound.clone();
-        listeners.push(bound.sockets);
+        listeners.push(bind_listeners(service, workers)?);
     }
 
     let mut ready = if global.foreground {
@@ -177,6 +162,52 @@ pub fn run(config: Config) -> Result<(), RunError> {
         let _ = write!(ready, "{err}");
     }
     result
+}
+
+/// Runs with privilege separation: see [`crate::privsep`].
+fn run_separated(config: &Config) -> Result<(), RunError> {
+    start_logging(&config.global)?;
+    let mut ready = if config.global.foreground {
+        None
+    } else {
+        Some(daemonize()?)
+    };
+    let result = crate::privsep::parent::run(config, &mut ready);
+    if let (Some(mut ready), Err(err)) = (ready, &result) {
+        let _ = write!(ready, "{err}");
+    }
+    result
+}
+
+fn start_logging(global: &crate::config::Global) -> Result<(), RunError> {
+    crate::log::init(
+        global.debug,
+        global.output.as_deref(),
+        global.foreground && global.output.is_some(),
+        global.syslog,
+    )
+    .map_err(io_error("cannot start logging"))?;
+    match crate::sys::raise_fd_limit() {
+        Ok(limit) => crate::debug!("file descriptor limit: {limit}"),
+        Err(err) => warning!("cannot raise the file descriptor limit: {err}"),
+    }
+    Ok(())
+}
+
+/// Binds `workers` listening sockets for `service` and records the bound address
+/// (with the port the kernel chose for port 0) in its configuration.
+pub(crate) fn bind_listeners(
+    service: &mut Service,
+    workers: usize,
+) -> Result<Vec<std::os::fd::OwnedFd>, RunError> {
+    let bound =
+        listener::bind(&service.config.accept, workers).map_err(|error| RunError::Bind {
+            service: service.name.clone(),
+            address: worker::display_address(&service.config.accept),
+            error,
+        })?;
+    service.config.accept = bound.bound.clone();
+    Ok(bound.sockets)
 }
 
 fn start_jailed(
@@ -250,6 +281,7 @@ fn run_workers(
             wake,
             maxconn: global.maxconn,
             shutdown_timeout: global.shutdown_timeout,
+            restricted_ring: false,
         };
         let services = services.clone();
         let shared = shared.clone();

@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::config::Global;
 use crate::sys;
@@ -31,7 +31,7 @@ impl fmt::Display for PrivilegeError {
 
 impl std::error::Error for PrivilegeError {}
 
-fn failed(
+pub(crate) fn failed(
     step: &'static str,
     detail: impl Into<String>,
 ) -> impl FnOnce(io::Error) -> PrivilegeError {
@@ -47,20 +47,8 @@ fn failed(
 /// group: chroot, chdir, pid file, setgroups, setgid, setuid, no_new_privs. Returns
 /// the pid file's path as seen from inside the jail, for removal at exit.
 pub fn drop_privileges(global: &Global) -> Result<Option<PathBuf>, PrivilegeError> {
-    // Resolve names before chroot: /etc/passwd is usually outside the jail.
-    let uid = match &global.setuid {
-        Some(name) => Some(resolve_user(name)?),
-        None => None,
-    };
-    let gid = match &global.setgid {
-        Some(name) => Some(resolve_group(name)?),
-        None => uid.map(|(_, primary)| primary),
-    };
-
-    if let Some(root) = &global.chroot {
-        sys::chroot(root).map_err(failed("chroot", format!("chroot = {}", root.display())))?;
-    }
-    sys::chdir_root().map_err(failed("chdir", "chdir to /"))?;
+    let ids = resolve_ids(global.setuid.as_deref(), global.setgid.as_deref())?;
+    enter_root(global.chroot.as_deref())?;
 
     let pid_file = match &global.pid {
         Some(path) => {
@@ -73,19 +61,62 @@ pub fn drop_privileges(global: &Global) -> Result<Option<PathBuf>, PrivilegeErro
         None => None,
     };
 
-    if let Some(gid) = gid {
+    switch_ids(ids)?;
+    if global.chroot.is_some() || ids.uid.is_some() {
+        sys::set_no_new_privs().map_err(failed("no_new_privs", "prctl(PR_SET_NO_NEW_PRIVS)"))?;
+    }
+    Ok(pid_file)
+}
+
+/// Jails a privilege-separated process: chroot to `root` (if any), chdir,
+/// setgroups, setgid, setuid to `user` and `group` (if any), then no_new_privs,
+/// which is set even when nothing else changes because a seccomp filter needs it.
+/// Resolve the names with [`resolve_ids`] before the chroot hides /etc.
+pub fn jail(root: Option<&Path>, ids: Ids) -> Result<(), PrivilegeError> {
+    enter_root(root)?;
+    switch_ids(ids)?;
+    sys::set_no_new_privs().map_err(failed("no_new_privs", "prctl(PR_SET_NO_NEW_PRIVS)"))
+}
+
+/// A user and group to switch to, resolved from names.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ids {
+    /// The uid, with the user's primary gid.
+    pub uid: Option<(libc::uid_t, libc::gid_t)>,
+    pub gid: Option<libc::gid_t>,
+}
+
+/// Looks up `user` and `group`; without `group`, the user's primary group is used.
+pub fn resolve_ids(user: Option<&str>, group: Option<&str>) -> Result<Ids, PrivilegeError> {
+    let uid = match user {
+        Some(name) => Some(resolve_user(name)?),
+        None => None,
+    };
+    let gid = match group {
+        Some(name) => Some(resolve_group(name)?),
+        None => uid.map(|(_, primary)| primary),
+    };
+    Ok(Ids { uid, gid })
+}
+
+fn enter_root(root: Option<&Path>) -> Result<(), PrivilegeError> {
+    if let Some(root) = root {
+        sys::chroot(root).map_err(failed("chroot", format!("chroot = {}", root.display())))?;
+    }
+    sys::chdir_root().map_err(failed("chdir", "chdir to /"))
+}
+
+fn switch_ids(ids: Ids) -> Result<(), PrivilegeError> {
+    if let Some(gid) = ids.gid {
         if sys::geteuid() == 0 {
             sys::setgroups(&[gid]).map_err(failed("setgroups", format!("setgroups to [{gid}]")))?;
         }
         sys::setgid(gid).map_err(failed("setgid", format!("setgid = {gid}")))?;
     }
-    if let Some((uid, _)) = uid {
+    if let Some((uid, _)) = ids.uid {
         sys::setuid(uid).map_err(failed("setuid", format!("setuid = {uid}")))?;
     }
-    if global.chroot.is_some() || uid.is_some() {
-        sys::set_no_new_privs().map_err(failed("no_new_privs", "prctl(PR_SET_NO_NEW_PRIVS)"))?;
-    }
-    Ok(pid_file)
+    Ok(())
 }
 
 fn resolve_user(name: &str) -> Result<(libc::uid_t, libc::gid_t), PrivilegeError> {

@@ -32,6 +32,8 @@ pub struct WorkerConfig {
     pub wake: OwnedFd,
     pub maxconn: usize,
     pub shutdown_timeout: Duration,
+    /// Create the ring with only the opcodes a jailed worker uses.
+    pub restricted_ring: bool,
 }
 
 enum Slot {
@@ -79,11 +81,16 @@ impl Worker {
                 warning!("worker {}: cannot pin to CPU {cpu}: {err}", config.index);
             }
         }
-        let ring = Ring::new(RingConfig {
+        let ring_config = RingConfig {
             entries: 1024,
             buffers: 1024,
             buffer_size: 16 * 1024,
-        })?;
+        };
+        let ring = if config.restricted_ring {
+            Ring::new_restricted(ring_config)?
+        } else {
+            Ring::new(ring_config)?
+        };
         let count = config.listeners.len();
         Ok(Worker {
             index: config.index,

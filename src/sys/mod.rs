@@ -2,7 +2,9 @@
 //! states the invariant it relies on in a `// SAFETY:` comment.
 
 pub mod ktls;
+pub mod process;
 pub mod ring;
+pub mod seccomp;
 pub mod user;
 
 use std::ffi::CString;
@@ -10,7 +12,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
-fn check(result: libc::c_int) -> io::Result<libc::c_int> {
+pub(crate) fn check(result: libc::c_int) -> io::Result<libc::c_int> {
     if result < 0 {
         Err(io::Error::last_os_error())
     } else {

@@ -19,9 +19,43 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
+use io_uring::register::Restriction;
 use io_uring::types::{BufRingEntry, CancelBuilder, Fd, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring};
 use socket2::SockAddr;
+
+/// The submission opcodes a restricted ring (see [`Ring::new_restricted`])
+/// accepts, with the [`Op`] that uses each. Add an opcode here when adding an
+/// `Op`; a jailed worker's ring rejects any other with `EACCES`.
+pub const ALLOWED_OPCODES: &[(u8, &str)] = &[
+    (
+        opcode::AcceptMulti::CODE,
+        "IORING_OP_ACCEPT (Op::AcceptMulti)",
+    ),
+    (opcode::Recv::CODE, "IORING_OP_RECV (Op::Recv)"),
+    (opcode::Send::CODE, "IORING_OP_SEND (Op::Send)"),
+    (opcode::Connect::CODE, "IORING_OP_CONNECT (Op::Connect)"),
+    (
+        opcode::LinkTimeout::CODE,
+        "IORING_OP_LINK_TIMEOUT (Op::Connect)",
+    ),
+    (opcode::Shutdown::CODE, "IORING_OP_SHUTDOWN (Op::Shutdown)"),
+    (opcode::Timeout::CODE, "IORING_OP_TIMEOUT (Op::Timeout)"),
+    (opcode::Read::CODE, "IORING_OP_READ (Op::ReadEventfd)"),
+    (
+        opcode::PollAdd::CODE,
+        "IORING_OP_POLL_ADD (Op::PollIn, Op::PollOut)",
+    ),
+    (
+        opcode::AsyncCancel2::CODE,
+        "IORING_OP_ASYNC_CANCEL (Op::CancelFd)",
+    ),
+];
+
+/// The submission flags a restricted ring accepts: provided buffers for receives
+/// and links for a connect with its timeout.
+pub const ALLOWED_SQE_FLAGS: squeue::Flags =
+    squeue::Flags::BUFFER_SELECT.union(squeue::Flags::IO_LINK);
 
 /// Buffer group id of the provided-buffer ring.
 const BUFFER_GROUP: u16 = 0;
@@ -143,13 +177,41 @@ impl Ring {
             .build(config.entries)
             .or_else(|_| IoUring::builder().build(config.entries))?;
         let buffers = BufferRing::new(&uring, config.buffers, config.buffer_size)?;
-        Ok(Ring {
+        Ok(Ring::with_parts(uring, buffers))
+    }
+
+    /// Creates a ring that accepts only [`ALLOWED_OPCODES`] and
+    /// [`ALLOWED_SQE_FLAGS`], and no `io_uring_register` operation once running.
+    /// The ring starts disabled (IORING_SETUP_R_DISABLED), gets its provided
+    /// buffers and restrictions, and is then enabled; the kernel keeps the
+    /// restrictions for the ring's life. Call it on the thread that submits.
+    pub fn new_restricted(config: RingConfig) -> io::Result<Ring> {
+        let uring = IoUring::builder()
+            .setup_r_disabled()
+            .setup_single_issuer()
+            .setup_coop_taskrun()
+            .setup_cqsize(config.entries.saturating_mul(4))
+            .build(config.entries)?;
+        let buffers = BufferRing::new(&uring, config.buffers, config.buffer_size)?;
+        let mut restrictions: Vec<Restriction> = ALLOWED_OPCODES
+            .iter()
+            .map(|&(opcode, _)| Restriction::sqe_op(opcode))
+            .collect();
+        restrictions.push(Restriction::sqe_flags_allowed(ALLOWED_SQE_FLAGS.bits()));
+        let submitter = uring.submitter();
+        submitter.register_restrictions(&mut restrictions)?;
+        submitter.register_enable_rings()?;
+        Ok(Ring::with_parts(uring, buffers))
+    }
+
+    fn with_parts(uring: IoUring, buffers: BufferRing) -> Ring {
+        Ring {
             uring,
             buffers,
             slots: Vec::new(),
             free_slots: Vec::new(),
             backlog: VecDeque::new(),
-        })
+        }
     }
 
     /// Size of each provided receive buffer.

@@ -10,6 +10,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
+use zeroize::{Zeroize, Zeroizing};
+
 use crate::config::{CertSource, ConfigError};
 
 /// A loaded certificate chain with its signing key.
@@ -22,11 +24,17 @@ pub struct LoadedCert {
     pub pattern: Option<String>,
 }
 
-/// Loads `source`'s chain and key and checks that they belong together.
-pub fn load(source: &CertSource, provider: &CryptoProvider) -> Result<CertifiedKey, ConfigError> {
+/// Loads `source`'s chain and key and checks that they belong together. The key
+/// file's text and the decoded key are zeroized once the signing key is built.
+/// NOTE: the signing library keeps its own copy of the key for signing, and the
+/// buffers of its parser are freed without zeroizing.
+pub fn load(source: &CertSource, _provider: &CryptoProvider) -> Result<CertifiedKey, ConfigError> {
     let chain = read_chain(&source.cert).map_err(|message| error(source, &source.cert, message))?;
     let key_path = source.key.as_deref().unwrap_or(&source.cert);
-    let key = PrivateKeyDer::from_pem_file(key_path).map_err(|err| {
+    let pem = std::fs::read(key_path)
+        .map(Zeroizing::new)
+        .map_err(|err| error(source, key_path, format!("cannot read private key: {err}")))?;
+    let mut key = PrivateKeyDer::from_pem_slice(&pem).map_err(|err| {
         let message = match err {
             rustls::pki_types::pem::Error::NoItemsFound if source.key.is_none() => {
                 "no private key found in the certificate file; add a `key = FILE` line".to_string()
@@ -38,16 +46,35 @@ pub fn load(source: &CertSource, provider: &CryptoProvider) -> Result<CertifiedK
         };
         error(source, key_path, message)
     })?;
-    CertifiedKey::from_der(chain, key, provider).map_err(|err| {
-        let message = match err {
+    // Loaded by reference, so the only decoded copy is the one zeroized here.
+    let signing_key = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key);
+    key.zeroize();
+    let certified = CertifiedKey::new(
+        chain,
+        signing_key.map_err(|err| {
+            error(
+                source,
+                &source.cert,
+                format!("unusable certificate or key: {err}"),
+            )
+        })?,
+    );
+    match certified.keys_match() {
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+        Err(err) => return Err(inconsistent(source, key_path, err)),
+    }
+    Ok(certified)
+}
+
+fn inconsistent(source: &CertSource, key_path: &Path, err: rustls::Error) -> ConfigError {
+    let message = match err {
             rustls::Error::InconsistentKeys(_) => format!(
                 "private key {} does not match the certificate; use the key the certificate was issued for",
                 key_path.display()
             ),
             other => format!("unusable certificate or key: {other}"),
         };
-        error(source, &source.cert, message)
-    })
+    error(source, &source.cert, message)
 }
 
 fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {

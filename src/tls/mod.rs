@@ -28,6 +28,13 @@ pub struct ServiceTls {
 
 /// Loads the service's certificates and builds its rustls configuration.
 pub fn build(service: &Service) -> Result<ServiceTls, ConfigError> {
+    let certs = load_certs(service)?;
+    build_with_certs(service, certs)
+}
+
+/// Loads the service's certificates with their keys, in the order the SNI
+/// resolver expects: the generated one, the listener's own, then the routes'.
+pub fn load_certs(service: &Service) -> Result<Vec<LoadedCert>, ConfigError> {
     let provider = provider_for(service);
     let mut certs = Vec::new();
     if service.self_signed {
@@ -58,6 +65,16 @@ pub fn build(service: &Service) -> Result<ServiceTls, ConfigError> {
             pattern: Some(route.pattern.clone()),
         });
     }
+    Ok(certs)
+}
+
+/// Builds the service's rustls configuration around `certs`, as returned by
+/// [`load_certs`] or with the same chains and another signing key each.
+pub fn build_with_certs(
+    service: &Service,
+    certs: Vec<LoadedCert>,
+) -> Result<ServiceTls, ConfigError> {
+    let provider = provider_for(service);
     let resolver = Arc::new(SniResolver::new(certs));
 
     let versions: Vec<&'static rustls::SupportedProtocolVersion> = [

@@ -1,0 +1,270 @@
+//! The key process: the only process that reads private keys. It loads them,
+//! jails itself, and from then on only signs on the workers' behalf.
+//!
+//! | peer | channel | receives | sends |
+//! | --- | --- | --- | --- |
+//! | parent | control socket pair | nothing; end of file means the parent exited | key descriptions (public parts) at start-up, or the load error |
+//! | worker N | socket pair N | sign requests | sign replies |
+//!
+//! It opens no file and no socket after start-up, and its seccomp filter allows
+//! neither. A request that fails to decode, names an unknown key or a scheme the
+//! key does not allow, or arrives past its deadline gets an error reply; the
+//! process keeps serving.
+
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
+
+use rustls::sign::SigningKey;
+use rustls::SignatureScheme;
+
+use super::protocol::{
+    KeyDescription, SignReply, SignRequest, StartupMessage, Status, SIGN_PACKET_BUFFER,
+};
+use crate::config::Config;
+use crate::runtime::privileges::{self, Ids};
+use crate::sys::process::{self, Packet};
+use crate::sys::seccomp;
+use crate::{debug, warning};
+
+/// Every scheme rustls can negotiate for a certificate key, in the order a key
+/// prefers them when a client offers several.
+const SCHEMES: [SignatureScheme; 11] = [
+    SignatureScheme::ECDSA_NISTP384_SHA384,
+    SignatureScheme::ECDSA_NISTP256_SHA256,
+    SignatureScheme::ECDSA_NISTP521_SHA512,
+    SignatureScheme::ED25519,
+    SignatureScheme::ED448,
+    SignatureScheme::RSA_PSS_SHA512,
+    SignatureScheme::RSA_PSS_SHA384,
+    SignatureScheme::RSA_PSS_SHA256,
+    SignatureScheme::RSA_PKCS1_SHA512,
+    SignatureScheme::RSA_PKCS1_SHA384,
+    SignatureScheme::RSA_PKCS1_SHA256,
+];
+
+/// A loaded key and the schemes it signs with.
+pub struct HeldKey {
+    key: Arc<dyn SigningKey>,
+    schemes: Vec<SignatureScheme>,
+}
+
+impl HeldKey {
+    pub fn new(key: Arc<dyn SigningKey>) -> HeldKey {
+        let schemes = SCHEMES
+            .into_iter()
+            .filter(|scheme| key.choose_scheme(&[*scheme]).is_some())
+            .collect();
+        HeldKey { key, schemes }
+    }
+
+    pub fn schemes(&self) -> &[SignatureScheme] {
+        &self.schemes
+    }
+}
+
+/// What the key process needs from the parent at its start.
+pub struct KeyStart<'a> {
+    pub config: &'a Config,
+    /// The key process's end of the control socket pair.
+    pub control: OwnedFd,
+    /// The key process's end of each worker's socket pair.
+    pub workers: Vec<OwnedFd>,
+    /// The directory to chroot into: the configured chroot or an empty one;
+    /// `None` when not started as root.
+    pub root: Option<&'a Path>,
+    pub ids: Ids,
+}
+
+/// Runs the key process in a freshly forked child; never returns.
+pub fn run(start: KeyStart<'_>, parent: libc::pid_t) -> ! {
+    match process::die_with_parent(libc::SIGKILL, parent) {
+        Ok(true) => {}
+        _ => crate::sys::exit_now(1),
+    }
+    let control = start.control;
+    let (keys, descriptions) = match load_keys(start.config) {
+        Ok(loaded) => loaded,
+        Err(message) => fail(&control, message),
+    };
+    if let Err(err) = privileges::jail(start.root, start.ids) {
+        fail(&control, format!("key process: {err}"));
+    }
+
+    // The serving threads start before the filter, which forbids creating
+    // threads, and wait until it is in place.
+    let keys: Arc<[HeldKey]> = keys.into();
+    let barrier = Arc::new(Barrier::new(start.workers.len() + 1));
+    for (index, socket) in start.workers.into_iter().enumerate() {
+        let keys = keys.clone();
+        let barrier = barrier.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("tlsplice-key-{index}"))
+            .spawn(move || {
+                barrier.wait();
+                serve(index, &socket, &keys);
+            });
+        if let Err(err) = spawned {
+            fail(
+                &control,
+                format!("key process: cannot start a thread: {err}"),
+            );
+        }
+    }
+    if let Err(err) = seccomp::install(seccomp::Role::Key) {
+        fail(
+            &control,
+            format!("key process: cannot install the seccomp filter: {err}"),
+        );
+    }
+    barrier.wait();
+
+    for description in descriptions {
+        send_or_exit(&control, &StartupMessage::Key(description));
+    }
+    send_or_exit(
+        &control,
+        &StartupMessage::Done {
+            count: keys.len() as u32,
+        },
+    );
+
+    // The parent sends nothing more; end of file means it is gone.
+    let mut buf = [0u8; 16];
+    loop {
+        match process::recv_packet(&control, &mut buf, None) {
+            Ok(Packet::Closed) | Err(_) => crate::sys::exit_now(0),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Loads every service's keys in resolver order and keeps their public parts for
+/// the parent.
+fn load_keys(config: &Config) -> Result<(Vec<HeldKey>, Vec<KeyDescription>), String> {
+    let mut keys = Vec::new();
+    let mut descriptions = Vec::new();
+    for (service_index, service) in config.services.iter().enumerate() {
+        let certs = crate::tls::load_certs(service).map_err(|err| err.to_string())?;
+        for cert in certs {
+            let held = HeldKey::new(cert.key.key.clone());
+            if held.schemes.is_empty() {
+                return Err(format!(
+                    "service [{}]: the key of {} signs with no scheme rustls supports",
+                    service.name,
+                    cert.pattern.as_deref().unwrap_or("the certificate")
+                ));
+            }
+            descriptions.push(KeyDescription {
+                service: service_index as u32,
+                algorithm: cert.key.key.algorithm(),
+                schemes: held.schemes.clone(),
+                chain: cert.key.cert.iter().map(|der| der.to_vec()).collect(),
+            });
+            keys.push(held);
+        }
+    }
+    Ok((keys, descriptions))
+}
+
+fn fail(control: &OwnedFd, message: String) -> ! {
+    let _ = process::send_packet(control, &StartupMessage::Failed(message).encode());
+    crate::sys::exit_now(1)
+}
+
+fn send_or_exit(control: &OwnedFd, message: &StartupMessage) {
+    if process::send_packet(control, &message.encode()).is_err() {
+        crate::sys::exit_now(1);
+    }
+}
+
+/// Malformed requests seen, across all workers; the first is logged as a
+/// warning, the rest at debug level.
+static MALFORMED: AtomicU64 = AtomicU64::new(0);
+
+/// Answers one worker's requests until its socket closes.
+fn serve(worker: usize, socket: &OwnedFd, keys: &[HeldKey]) {
+    let mut buf = vec![0u8; SIGN_PACKET_BUFFER];
+    loop {
+        let reply = match process::recv_packet(socket, &mut buf, None) {
+            Ok(Packet::Data(len)) => answer(worker, &buf[..len], keys),
+            Ok(Packet::Truncated(len)) => {
+                note_malformed(worker, &format!("request of {len} bytes is too long"));
+                SignReply {
+                    seq: 0,
+                    status: Status::Malformed,
+                    signature: Vec::new(),
+                }
+            }
+            Ok(Packet::Closed) => return,
+            Err(err) => {
+                warning!("key process: receive from worker {worker} failed: {err}");
+                return;
+            }
+        };
+        if let Err(err) = process::send_packet(socket, &reply.encode()) {
+            debug!("key process: reply to worker {worker} failed: {err}");
+        }
+    }
+}
+
+fn note_malformed(worker: usize, detail: &str) {
+    let seen = MALFORMED.fetch_add(1, Ordering::Relaxed);
+    if seen == 0 {
+        warning!("key process: rejected a malformed request from worker {worker}: {detail}");
+    } else {
+        debug!("key process: rejected a malformed request from worker {worker}: {detail}");
+    }
+}
+
+/// Decodes and answers one request packet.
+pub fn answer(worker: usize, packet: &[u8], keys: &[HeldKey]) -> SignReply {
+    let failed = |seq, status| SignReply {
+        seq,
+        status,
+        signature: Vec::new(),
+    };
+    let request = match SignRequest::decode(packet) {
+        Ok(request) => request,
+        Err((seq, err)) => {
+            note_malformed(worker, &err.to_string());
+            return failed(seq.unwrap_or(0), Status::Malformed);
+        }
+    };
+    let Some(held) = keys.get(request.key as usize) else {
+        note_malformed(worker, &format!("no key {}", request.key));
+        return failed(request.seq, Status::UnknownKey);
+    };
+    if !held.schemes.contains(&request.scheme) {
+        note_malformed(
+            worker,
+            &format!(
+                "key {} does not sign with {:?}",
+                request.key, request.scheme
+            ),
+        );
+        return failed(request.seq, Status::SchemeNotAllowed);
+    }
+    if process::monotonic_nanos() > request.deadline {
+        debug!(
+            "key process: request {} from worker {worker} expired",
+            request.seq
+        );
+        return failed(request.seq, Status::Expired);
+    }
+    let Some(signer) = held.key.choose_scheme(&[request.scheme]) else {
+        return failed(request.seq, Status::SchemeNotAllowed);
+    };
+    match signer.sign(&request.message) {
+        Ok(signature) => SignReply {
+            seq: request.seq,
+            status: Status::Signed,
+            signature,
+        },
+        Err(err) => {
+            warning!("key process: signing failed: {err}");
+            failed(request.seq, Status::SignFailed)
+        }
+    }
+}

@@ -1,0 +1,551 @@
+//! The parent process with privilege separation on: it keeps root and the real
+//! filesystem, and never reads a private key or parses network input.
+//!
+//! | peer | channel | receives | sends |
+//! | --- | --- | --- | --- |
+//! | key process | control socket pair; SIGCHLD | key descriptions at start-up | nothing; closing the pair stops it |
+//! | worker N | readiness pipe; SIGCHLD | one byte once serving | SIGTERM to drain |
+//! | operator | signals | SIGTERM, SIGINT, SIGHUP | log lines |
+//!
+//! It binds the listeners, opens the log, writes and removes the pid file, starts
+//! the key process and one process per worker, reopens the log on SIGHUP, and
+//! restarts a worker that died.
+
+use std::io::{self, Read};
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::CertificateDer;
+use rustls::sign::CertifiedKey;
+
+use super::key::{self, KeyStart};
+use super::protocol::{KeyDescription, StartupMessage, MAX_KEY_DESCRIPTION};
+use super::signer::RemoteKey;
+use super::worker::{self, WorkerStart};
+use crate::config::{Config, ConfigError, Global};
+use crate::runtime::privileges::{self, Ids};
+use crate::runtime::{RunError, Service};
+use crate::sys::process::{self, ExitReason, Packet};
+use crate::tls::certs::LoadedCert;
+use crate::{notice, warning};
+
+/// A worker that lived shorter than this before dying is restarted after a delay
+/// that doubles up to [`MAX_RESTART_DELAY`], so a worker that dies at start-up
+/// does not spin.
+const QUICK_DEATH: Duration = Duration::from_secs(1);
+const MAX_RESTART_DELAY: Duration = Duration::from_secs(32);
+/// Time a stopping worker gets beyond `TIMEOUTshutdown` before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+fn io_error(action: &str) -> impl FnOnce(io::Error) -> RunError + '_ {
+    move |error| RunError::Io {
+        action: action.to_string(),
+        error,
+    }
+}
+
+/// One worker slot and the process currently filling it.
+struct WorkerSlot {
+    listeners: Vec<OwnedFd>,
+    key_link: OwnedFd,
+    cpu: Option<usize>,
+    pid: Option<libc::pid_t>,
+    started_at: Instant,
+    restart_delay: Duration,
+    restart_at: Option<Instant>,
+}
+
+struct Parent<'a> {
+    global: &'a Global,
+    services: Arc<[Service]>,
+    workers: Vec<WorkerSlot>,
+    worker_ids: Ids,
+    key_pid: libc::pid_t,
+    control: Option<OwnedFd>,
+}
+
+/// Runs the parent: starts the key process and the workers, then supervises them
+/// until SIGTERM or SIGINT. `ready` gets "ok" once every worker serves.
+pub fn run(config: &Config, ready: &mut Option<io::PipeWriter>) -> Result<(), RunError> {
+    let global = &config.global;
+    crate::sys::block_signals().map_err(io_error("cannot block signals"))?;
+    let cpus = crate::sys::allowed_cpus();
+    let count = global.threads.unwrap_or_else(|| cpus.len().max(1)).max(1);
+
+    let (control, key_pid, descriptions) = start_key_process(config, count)?;
+    let (control, key_links) = control;
+    let services = build_services(config, &descriptions)?;
+
+    let mut listeners = Vec::with_capacity(services.len());
+    let mut services = services;
+    for service in &mut services {
+        let bound = crate::runtime::bind_listeners(service, count)?;
+        listeners.push(bound);
+    }
+    let mut per_worker: Vec<Vec<OwnedFd>> = (0..count).map(|_| Vec::new()).collect();
+    for sockets in listeners {
+        for (index, socket) in sockets.into_iter().enumerate() {
+            per_worker[index].push(socket);
+        }
+    }
+
+    let pid_file = crate::runtime::pid_path_outside(global);
+    if let Some(path) = &pid_file {
+        std::fs::write(path, format!("{}\n", std::process::id())).map_err(|error| {
+            RunError::Io {
+                action: format!("cannot write pid file {}", path.display()),
+                error,
+            }
+        })?;
+    }
+
+    let worker_ids = privileges::resolve_ids(global.setuid.as_deref(), global.setgid.as_deref())
+        .map_err(RunError::Privileges)?;
+    let workers = per_worker
+        .into_iter()
+        .zip(key_links)
+        .enumerate()
+        .map(|(index, (listeners, key_link))| WorkerSlot {
+            listeners,
+            key_link,
+            cpu: (count <= cpus.len()).then(|| cpus[index]),
+            pid: None,
+            started_at: Instant::now(),
+            restart_delay: QUICK_DEATH,
+            restart_at: None,
+        })
+        .collect();
+    let mut parent = Parent {
+        global,
+        services: services.into(),
+        workers,
+        worker_ids,
+        key_pid,
+        control: Some(control),
+    };
+
+    let result = parent.start_and_supervise(count, ready);
+    if let Some(path) = &pid_file {
+        if let Err(err) = std::fs::remove_file(path) {
+            warning!("cannot remove pid file {}: {err}", path.display());
+        }
+    }
+    result
+}
+
+type KeyChannels = (OwnedFd, Vec<OwnedFd>);
+
+/// Forks the key process and reads the public parts of its keys.
+fn start_key_process(
+    config: &Config,
+    workers: usize,
+) -> Result<(KeyChannels, libc::pid_t, Vec<KeyDescription>), RunError> {
+    let global = &config.global;
+    let (control, key_control) =
+        process::seqpacket_pair().map_err(io_error("cannot create a socket pair"))?;
+    let mut worker_ends = Vec::with_capacity(workers);
+    let mut key_ends = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let (worker_end, key_end) =
+            process::seqpacket_pair().map_err(io_error("cannot create a socket pair"))?;
+        worker_ends.push(worker_end);
+        key_ends.push(key_end);
+    }
+
+    // Root may chroot the key process: into the configured chroot, or else into an
+    // empty directory made for it and removed once it is inside.
+    let is_root = crate::sys::geteuid() == 0;
+    let empty_root = (is_root && global.chroot.is_none())
+        .then(|| std::env::temp_dir().join(format!("tlsplice-key-{}", std::process::id())));
+    if let Some(dir) = &empty_root {
+        let _ = std::fs::remove_dir(dir);
+        std::fs::create_dir(dir).map_err(|error| RunError::Io {
+            action: format!(
+                "cannot create the key process's empty root {}",
+                dir.display()
+            ),
+            error,
+        })?;
+    }
+    let root: Option<PathBuf> = if is_root {
+        global.chroot.clone().or(empty_root.clone())
+    } else {
+        None
+    };
+    let ids = key_ids(global)?;
+
+    let parent = process::getpid();
+    let pid = match crate::sys::fork().map_err(io_error("cannot fork the key process"))? {
+        crate::sys::Forked::Child => {
+            drop(control);
+            drop(worker_ends);
+            key::run(
+                KeyStart {
+                    config,
+                    control: key_control,
+                    workers: key_ends,
+                    root: root.as_deref(),
+                    ids,
+                },
+                parent,
+            )
+        }
+        crate::sys::Forked::Parent(pid) => pid,
+    };
+    drop(key_control);
+    drop(key_ends);
+
+    let descriptions = read_descriptions(&control);
+    if let Some(dir) = &empty_root {
+        let _ = std::fs::remove_dir(dir);
+    }
+    let descriptions = match descriptions {
+        Ok(descriptions) => descriptions,
+        Err(err) => {
+            let _ = process::kill(pid, libc::SIGKILL);
+            return Err(err);
+        }
+    };
+    crate::debug!(
+        "key process {pid} holds {} keys; workers sign through it",
+        descriptions.len()
+    );
+    Ok(((control, worker_ends), pid, descriptions))
+}
+
+/// The key process runs as the configured user, or as `nobody` when tlsplice
+/// starts as root and none is configured.
+fn key_ids(global: &Global) -> Result<Ids, RunError> {
+    if global.setuid.is_some() || crate::sys::geteuid() != 0 {
+        return privileges::resolve_ids(global.setuid.as_deref(), global.setgid.as_deref())
+            .map_err(RunError::Privileges);
+    }
+    Ok(privileges::resolve_ids(Some("nobody"), global.setgid.as_deref()).unwrap_or_default())
+}
+
+fn read_descriptions(control: &OwnedFd) -> Result<Vec<KeyDescription>, RunError> {
+    let failed = |message: String| {
+        RunError::Config(ConfigError {
+            file: None,
+            line: 0,
+            option: None,
+            value: None,
+            message,
+        })
+    };
+    let mut buf = vec![0u8; MAX_KEY_DESCRIPTION + 4096];
+    let mut descriptions = Vec::new();
+    loop {
+        let len = match process::recv_packet(control, &mut buf, None) {
+            Ok(Packet::Data(len)) => len,
+            Ok(Packet::Truncated(len)) => {
+                return Err(failed(format!(
+                    "the key process sent a key description of {len} bytes, more than the limit of {MAX_KEY_DESCRIPTION}"
+                )))
+            }
+            Ok(Packet::Closed) => {
+                return Err(failed(
+                    "the key process exited while loading keys; see the log".into(),
+                ))
+            }
+            Err(error) => {
+                return Err(RunError::Io {
+                    action: "cannot read from the key process".into(),
+                    error,
+                })
+            }
+        };
+        match StartupMessage::decode(&buf[..len]) {
+            Ok(StartupMessage::Key(description)) => descriptions.push(description),
+            Ok(StartupMessage::Done { count }) if count as usize == descriptions.len() => {
+                return Ok(descriptions)
+            }
+            Ok(StartupMessage::Done { count }) => {
+                return Err(failed(format!(
+                    "the key process reported {count} keys but described {}",
+                    descriptions.len()
+                )))
+            }
+            Ok(StartupMessage::Failed(message)) => return Err(failed(message)),
+            Err(err) => {
+                return Err(failed(format!(
+                    "invalid start-up message from the key process: {err}"
+                )))
+            }
+        }
+    }
+}
+
+/// Builds each service's TLS state around remote keys, in the order
+/// [`crate::tls::load_certs`] loaded them in the key process.
+fn build_services(
+    config: &Config,
+    descriptions: &[KeyDescription],
+) -> Result<Vec<Service>, RunError> {
+    let mut services = Vec::with_capacity(config.services.len());
+    let mut next = 0usize;
+    for (service_index, service) in config.services.iter().enumerate() {
+        let mut slots: Vec<(Option<usize>, Option<String>)> = Vec::new();
+        if service.self_signed {
+            slots.push((None, None));
+        }
+        slots.extend(service.certs.iter().map(|_| (None, None)));
+        slots.extend(
+            service
+                .sni
+                .iter()
+                .enumerate()
+                .map(|(route, sni)| (Some(route), Some(sni.pattern.clone()))),
+        );
+
+        let mut certs = Vec::with_capacity(slots.len());
+        for (route, pattern) in slots {
+            let Some(description) = descriptions
+                .get(next)
+                .filter(|description| description.service as usize == service_index)
+            else {
+                return Err(RunError::Io {
+                    action: format!(
+                        "service [{}]: the key process loaded other certificates than configured",
+                        service.name
+                    ),
+                    error: io::Error::from(io::ErrorKind::InvalidData),
+                });
+            };
+            let chain = description
+                .chain
+                .iter()
+                .map(|der| CertificateDer::from(der.clone()))
+                .collect();
+            let key = RemoteKey {
+                index: next as u32,
+                algorithm: description.algorithm,
+                schemes: description.schemes.clone(),
+            };
+            certs.push(LoadedCert {
+                key: Arc::new(CertifiedKey::new(chain, Arc::new(key))),
+                route,
+                pattern,
+            });
+            next += 1;
+        }
+        services.push(Service {
+            name: service.name.clone(),
+            tls: crate::tls::build_with_certs(service, certs)?,
+            config: service.clone(),
+        });
+    }
+    Ok(services)
+}
+
+impl Parent<'_> {
+    fn start_and_supervise(
+        &mut self,
+        count: usize,
+        ready: &mut Option<io::PipeWriter>,
+    ) -> Result<(), RunError> {
+        for index in 0..count {
+            if let Err(err) = self.start_worker(index, true) {
+                self.stop_all();
+                return Err(err);
+            }
+        }
+        for service in self.services.iter() {
+            notice!(
+                "service {} listening on {} with {count} workers",
+                service.name,
+                crate::runtime::worker::display_address(&service.config.accept)
+            );
+            if service.tls.self_signed {
+                warning!(
+                    "service {}: no certificate configured; using a self-signed certificate for localhost generated at start. Clients will not trust it; pass --cert and --key for real use",
+                    service.name
+                );
+            }
+        }
+        if let Some(mut ready) = ready.take() {
+            let _ = io::Write::write_all(&mut ready, b"ok");
+        }
+        let result = self.supervise();
+        self.stop_all();
+        notice!("stopped");
+        result
+    }
+
+    /// Forks worker `index` and waits until it serves.
+    fn start_worker(&mut self, index: usize, first_start: bool) -> Result<(), RunError> {
+        let (mut reader, writer) = io::pipe().map_err(io_error("cannot create a pipe"))?;
+        let parent = process::getpid();
+        match crate::sys::fork().map_err(io_error("cannot fork a worker"))? {
+            crate::sys::Forked::Child => {
+                drop(reader);
+                self.control = None;
+                let slot = self.workers.swap_remove(index);
+                self.workers.clear();
+                let start = WorkerStart {
+                    index,
+                    cpu: slot.cpu,
+                    listeners: slot.listeners,
+                    key_link: slot.key_link,
+                    root: self.global.chroot.clone(),
+                    ids: self.worker_ids,
+                    maxconn: self.global.maxconn,
+                    shutdown_timeout: self.global.shutdown_timeout,
+                    first_start,
+                };
+                worker::run(start, self.services.clone(), parent, writer)
+            }
+            crate::sys::Forked::Parent(pid) => {
+                drop(writer);
+                let slot = &mut self.workers[index];
+                slot.pid = Some(pid);
+                slot.started_at = Instant::now();
+                slot.restart_at = None;
+                let mut byte = [0u8; 1];
+                if reader.read_exact(&mut byte).is_err() {
+                    return Err(RunError::Worker(io::Error::other(format!(
+                        "worker {index} (pid {pid}) exited during start-up; see the log"
+                    ))));
+                }
+                crate::debug!("worker {index} started as pid {pid}");
+                Ok(())
+            }
+        }
+    }
+
+    /// Handles signals and dead children until SIGTERM or SIGINT.
+    fn supervise(&mut self) -> Result<(), RunError> {
+        loop {
+            let signal = crate::sys::wait_signal(Duration::from_millis(250));
+            match signal {
+                Some(libc::SIGTERM | libc::SIGINT) => {
+                    notice!(
+                        "received signal {}; closing listeners and draining connections",
+                        signal.unwrap_or_default()
+                    );
+                    return Ok(());
+                }
+                Some(libc::SIGHUP) => match crate::log::reopen() {
+                    Ok(()) => notice!("log file reopened"),
+                    Err(err) => warning!(
+                        "cannot reopen the log file ({err}); still writing to the open file"
+                    ),
+                },
+                _ => {}
+            }
+            while let Some((pid, reason)) = process::reap_child() {
+                if pid == self.key_pid {
+                    warning!("the key process (pid {pid}) {}; stopping", describe(reason));
+                    return Err(RunError::Worker(io::Error::other(format!(
+                        "the key process {}",
+                        describe(reason)
+                    ))));
+                }
+                self.on_worker_exit(pid, reason);
+            }
+            self.restart_due()?;
+        }
+    }
+
+    fn on_worker_exit(&mut self, pid: libc::pid_t, reason: ExitReason) {
+        let Some(index) = self.workers.iter().position(|slot| slot.pid == Some(pid)) else {
+            return;
+        };
+        let slot = &mut self.workers[index];
+        slot.pid = None;
+        let now = Instant::now();
+        if now.duration_since(slot.started_at) < QUICK_DEATH {
+            slot.restart_at = Some(now + slot.restart_delay);
+            warning!(
+                "worker {index} (pid {pid}) {} shortly after starting; restarting it in {} ms",
+                describe(reason),
+                slot.restart_delay.as_millis()
+            );
+            slot.restart_delay = (slot.restart_delay * 2).min(MAX_RESTART_DELAY);
+        } else {
+            slot.restart_at = Some(now);
+            slot.restart_delay = QUICK_DEATH;
+            warning!(
+                "worker {index} (pid {pid}) {}; restarting it",
+                describe(reason)
+            );
+        }
+    }
+
+    fn restart_due(&mut self) -> Result<(), RunError> {
+        let now = Instant::now();
+        for index in 0..self.workers.len() {
+            if self.workers[index].restart_at.is_some_and(|at| at <= now) {
+                if let Err(err) = self.start_worker(index, false) {
+                    warning!("{err}");
+                    let slot = &mut self.workers[index];
+                    slot.pid = None;
+                    slot.restart_at = Some(Instant::now() + slot.restart_delay);
+                    slot.restart_delay = (slot.restart_delay * 2).min(MAX_RESTART_DELAY);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends SIGTERM to every worker, waits for them to drain (SIGKILL after the
+    /// shutdown timeout and a grace period), then stops the key process.
+    fn stop_all(&mut self) {
+        for slot in &mut self.workers {
+            slot.restart_at = None;
+            if let Some(pid) = slot.pid {
+                let _ = process::kill(pid, libc::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + self.global.shutdown_timeout + STOP_GRACE;
+        let mut killed = false;
+        while self.workers.iter().any(|slot| slot.pid.is_some()) {
+            if !killed && Instant::now() >= deadline {
+                for slot in &self.workers {
+                    if let Some(pid) = slot.pid {
+                        warning!("worker pid {pid} did not stop in time; sending SIGKILL");
+                        let _ = process::kill(pid, libc::SIGKILL);
+                    }
+                }
+                killed = true;
+            }
+            let _ = crate::sys::wait_signal(Duration::from_millis(100));
+            while let Some((pid, _)) = process::reap_child() {
+                for slot in &mut self.workers {
+                    if slot.pid == Some(pid) {
+                        slot.pid = None;
+                    }
+                }
+            }
+        }
+        // Closing the control socket ends the key process.
+        self.control = None;
+        let _ = process::kill(self.key_pid, libc::SIGKILL);
+        wait_for(self.key_pid);
+    }
+}
+
+fn wait_for(pid: libc::pid_t) {
+    for _ in 0..100 {
+        match process::reap_child() {
+            Some((reaped, _)) if reaped == pid => return,
+            Some(_) => continue,
+            None => {
+                let _ = crate::sys::wait_signal(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// "was killed by signal 9 (SIGKILL)" or "exited with status 1", for log lines.
+fn describe(reason: ExitReason) -> String {
+    match reason {
+        ExitReason::Signaled(signal) => format!(
+            "was killed by signal {signal} ({})",
+            process::signal_name(signal)
+        ),
+        ExitReason::Exited(code) => format!("exited with status {code}"),
+    }
+}

@@ -1,0 +1,176 @@
+//! The workers' side of remote signing: a rustls [`SigningKey`] that holds no key
+//! material and forwards each signature to the key process.
+//!
+//! Each worker process has one link to the key process, installed once with
+//! [`install_link`] after the fork. Requests on it are serialized by a mutex, carry
+//! a sequence number and a deadline, and a reply with another sequence number (left
+//! over from a request that timed out) is dropped.
+
+use std::fmt;
+use std::os::fd::OwnedFd;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use rustls::sign::{Signer, SigningKey};
+use rustls::{SignatureAlgorithm, SignatureScheme};
+
+use super::protocol::{SignReply, SignRequest, Status, SIGN_PACKET_BUFFER};
+use crate::sys::process::{self, Packet};
+
+/// How long a worker waits for a signature before failing the handshake.
+pub const SIGN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A worker's connection to the key process.
+struct KeyLink {
+    socket: OwnedFd,
+    next_seq: u64,
+    buf: Vec<u8>,
+}
+
+static LINK: OnceLock<Mutex<KeyLink>> = OnceLock::new();
+
+/// Installs this process's link to the key process. Sequence numbers start from
+/// the process id, so a reply meant for a dead worker that used the same socket
+/// pair before never matches a request of its successor.
+pub fn install_link(socket: OwnedFd) {
+    let link = KeyLink {
+        socket,
+        next_seq: (process::getpid() as u64) << 32,
+        buf: vec![0; SIGN_PACKET_BUFFER],
+    };
+    if LINK.set(Mutex::new(link)).is_err() {
+        panic!("the link to the key process is installed once per process");
+    }
+}
+
+/// Signs `message` over `socket`, waiting at most [`SIGN_TIMEOUT`].
+fn sign_remote(
+    key: u32,
+    scheme: SignatureScheme,
+    message: &[u8],
+) -> Result<Vec<u8>, rustls::Error> {
+    let Some(link) = LINK.get() else {
+        return Err(rustls::Error::General(
+            "no link to the key process in this process".into(),
+        ));
+    };
+    let mut link = link.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let seq = link.next_seq;
+    link.next_seq = link.next_seq.wrapping_add(1);
+    let deadline = process::monotonic_nanos() + SIGN_TIMEOUT.as_nanos() as u64;
+    let request = SignRequest {
+        seq,
+        deadline,
+        key,
+        scheme,
+        message: message.to_vec(),
+    };
+    process::send_packet(&link.socket, &request.encode()).map_err(|err| {
+        rustls::Error::General(format!(
+            "cannot send a sign request to the key process: {err}"
+        ))
+    })?;
+
+    let KeyLink { socket, buf, .. } = &mut *link;
+    loop {
+        let left = deadline.saturating_sub(process::monotonic_nanos());
+        if left == 0 {
+            return Err(timed_out());
+        }
+        let len = match process::recv_packet(socket, buf, Some(Duration::from_nanos(left))) {
+            Ok(Packet::Data(len)) => len,
+            Ok(Packet::Truncated(len)) => {
+                crate::warning!("key process sent an oversized reply of {len} bytes; dropped");
+                continue;
+            }
+            Ok(Packet::Closed) => {
+                return Err(rustls::Error::General(
+                    "the key process closed the link".into(),
+                ))
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::TimedOut => return Err(timed_out()),
+            Err(err) => {
+                return Err(rustls::Error::General(format!(
+                    "cannot receive from the key process: {err}"
+                )))
+            }
+        };
+        let reply = match SignReply::decode(&buf[..len]) {
+            Ok(reply) => reply,
+            Err(err) => {
+                crate::warning!("invalid reply from the key process ({err}); dropped");
+                continue;
+            }
+        };
+        if reply.seq != seq {
+            crate::debug!(
+                "dropping a key process reply for request {} while waiting for {seq}",
+                reply.seq
+            );
+            continue;
+        }
+        return match reply.status {
+            Status::Signed => Ok(reply.signature),
+            status => Err(rustls::Error::General(format!(
+                "the key process did not sign: {status:?}"
+            ))),
+        };
+    }
+}
+
+fn timed_out() -> rustls::Error {
+    rustls::Error::General(format!(
+        "the key process did not answer within {} ms",
+        SIGN_TIMEOUT.as_millis()
+    ))
+}
+
+/// A private key that lives in the key process, known here by its index there.
+pub struct RemoteKey {
+    pub index: u32,
+    pub algorithm: SignatureAlgorithm,
+    /// The schemes the key signs with, in its order of preference.
+    pub schemes: Vec<SignatureScheme>,
+}
+
+impl fmt::Debug for RemoteKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RemoteKey")
+            .field("index", &self.index)
+            .field("algorithm", &self.algorithm)
+            .finish()
+    }
+}
+
+impl SigningKey for RemoteKey {
+    fn choose_scheme(&self, offered: &[SignatureScheme]) -> Option<Box<dyn Signer>> {
+        let scheme = self
+            .schemes
+            .iter()
+            .find(|scheme| offered.contains(scheme))?;
+        Some(Box::new(RemoteSigner {
+            key: self.index,
+            scheme: *scheme,
+        }))
+    }
+
+    fn algorithm(&self) -> SignatureAlgorithm {
+        self.algorithm
+    }
+}
+
+#[derive(Debug)]
+struct RemoteSigner {
+    key: u32,
+    scheme: SignatureScheme,
+}
+
+impl Signer for RemoteSigner {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, rustls::Error> {
+        sign_remote(self.key, self.scheme, message)
+    }
+
+    fn scheme(&self) -> SignatureScheme {
+        self.scheme
+    }
+}

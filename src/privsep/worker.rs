@@ -1,0 +1,173 @@
+//! A worker process: one io_uring worker thread, jailed and filtered, serving the
+//! listening sockets it inherited.
+//!
+//! | peer | channel | receives | sends |
+//! | --- | --- | --- | --- |
+//! | parent | readiness pipe; signals | SIGTERM or SIGINT to drain and exit | one byte once serving |
+//! | key process | socket pair N | sign replies | sign requests |
+//! | clients, backends | sockets | network input | network output |
+//!
+//! Once started it cannot open files (it is chrooted and Landlock-free: the
+//! seccomp filter has no open, openat or exec), cannot start processes or threads,
+//! and its ring accepts only the opcodes in [`crate::sys::ring::ALLOWED_OPCODES`].
+
+use std::io::{self, Write};
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use crate::runtime::privileges::{self, Ids};
+use crate::runtime::worker::{Worker, WorkerConfig};
+use crate::runtime::{Service, Shared};
+use crate::sys::{process, seccomp};
+use crate::{debug, warning};
+
+/// Environment variable of the jail self-test, compiled into debug builds only.
+/// When it names a file, worker 0's first start tries to open that file and to
+/// exec it, and logs each outcome; the exec attempt is a syscall outside the
+/// filter, so it ends the worker with SIGSYS. Production builds ignore it.
+pub const JAIL_PROBE_ENV: &str = "TLSPLICE_DEBUG_JAIL_PROBE";
+
+/// What one worker process needs, prepared by the parent before the fork.
+pub struct WorkerStart {
+    pub index: usize,
+    pub cpu: Option<usize>,
+    pub listeners: Vec<OwnedFd>,
+    pub key_link: OwnedFd,
+    pub root: Option<PathBuf>,
+    pub ids: Ids,
+    pub maxconn: usize,
+    pub shutdown_timeout: Duration,
+    /// False for a restarted worker.
+    pub first_start: bool,
+}
+
+/// Runs a worker process in a freshly forked child; never returns. Writes one
+/// byte to `ready` once the worker serves.
+pub fn run(
+    start: WorkerStart,
+    services: Arc<[Service]>,
+    parent: libc::pid_t,
+    mut ready: io::PipeWriter,
+) -> ! {
+    match process::die_with_parent(libc::SIGTERM, parent) {
+        Ok(true) => {}
+        _ => crate::sys::exit_now(1),
+    }
+    let index = start.index;
+    if let Err(err) = privileges::jail(start.root.as_deref(), start.ids) {
+        warning!("worker {index}: {err}");
+        crate::sys::exit_now(1);
+    }
+    crate::privsep::signer::install_link(start.key_link);
+
+    let shared = Arc::new(Shared {
+        stopping: AtomicBool::new(false),
+    });
+    let wake = match crate::sys::eventfd().and_then(|wake| Ok((wake.try_clone()?, wake))) {
+        Ok(pair) => pair,
+        Err(err) => {
+            warning!("worker {index}: cannot create an eventfd: {err}");
+            crate::sys::exit_now(1);
+        }
+    };
+    let (wake_worker, wake_main) = wake;
+    let config = WorkerConfig {
+        index,
+        cpu: start.cpu,
+        listeners: start.listeners,
+        wake: wake_worker,
+        maxconn: start.maxconn,
+        shutdown_timeout: start.shutdown_timeout,
+        restricted_ring: true,
+    };
+    let probe = start.first_start && index == 0;
+
+    let (started_tx, started_rx) = mpsc::channel::<io::Result<()>>();
+    let thread_shared = shared.clone();
+    let handle = std::thread::Builder::new()
+        .name(format!("tlsplice-worker-{index}"))
+        .spawn(move || {
+            let worker = Worker::new(config, services, thread_shared).and_then(|worker| {
+                seccomp::install(seccomp::Role::Worker)?;
+                Ok(worker)
+            });
+            let worker = match worker {
+                Ok(worker) => {
+                    let _ = started_tx.send(Ok(()));
+                    worker
+                }
+                Err(err) => {
+                    let _ = started_tx.send(Err(err));
+                    return Ok(());
+                }
+            };
+            if probe {
+                jail_probe();
+            }
+            worker.run()
+        });
+    let handle = match handle {
+        Ok(handle) => handle,
+        Err(err) => {
+            warning!("worker {index}: cannot start the worker thread: {err}");
+            crate::sys::exit_now(1);
+        }
+    };
+    match started_rx.recv() {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => {
+            warning!("worker {index}: cannot start: {err}");
+            crate::sys::exit_now(1);
+        }
+        Err(_) => crate::sys::exit_now(1),
+    }
+    let _ = ready.write_all(b"1");
+    drop(ready);
+
+    wait_for_stop(index, &shared, &wake_main);
+    let code = match handle.join() {
+        Ok(Ok(())) => 0,
+        Ok(Err(err)) => {
+            warning!("worker {index}: failed: {err}");
+            1
+        }
+        Err(_) => 1,
+    };
+    debug!("worker {index}: exiting with status {code}");
+    crate::sys::exit_now(code)
+}
+
+fn wait_for_stop(index: usize, shared: &Shared, wake: &OwnedFd) {
+    loop {
+        let Some(signal) = crate::sys::wait_signal(Duration::from_secs(1)) else {
+            continue;
+        };
+        if matches!(signal, libc::SIGTERM | libc::SIGINT) {
+            debug!("worker {index}: received signal {signal}; draining");
+            shared.stopping.store(true, Ordering::Release);
+            let _ = crate::sys::eventfd_signal(wake);
+            return;
+        }
+    }
+}
+
+/// The jail self-test behind [`JAIL_PROBE_ENV`]; a no-op in release builds.
+fn jail_probe() {
+    if !cfg!(debug_assertions) {
+        return;
+    }
+    let Some(path) = std::env::var_os(JAIL_PROBE_ENV) else {
+        return;
+    };
+    let path = PathBuf::from(path);
+    match std::fs::File::open(&path) {
+        Ok(_) => warning!("jail probe: opened {}", path.display()),
+        Err(err) => warning!("jail probe: cannot open {}: {err}", path.display()),
+    }
+    warning!("jail probe: trying to exec {}", path.display());
+    let result = std::process::Command::new(&path).status();
+    warning!("jail probe: exec of {} returned {result:?}", path.display());
+}

@@ -1,0 +1,207 @@
+//! Syscalls for privilege separation: packet socketpairs between processes, child
+//! reaping, signals to children, the parent-death signal, and the monotonic clock
+//! shared by all processes of the machine.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::Duration;
+
+use super::check;
+
+/// Creates a connected pair of close-on-exec `SOCK_SEQPACKET` UNIX sockets. Each
+/// send is delivered as one whole message, so a process that dies mid-request
+/// leaves no partial frame behind for the next reader.
+pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: `fds` is a live array of two c_ints, which socketpair fills with two
+    // new descriptors that nothing else owns.
+    unsafe {
+        check(libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        ))?;
+        Ok((OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])))
+    }
+}
+
+/// Sends `message` as one packet.
+pub fn send_packet(fd: &OwnedFd, message: &[u8]) -> io::Result<()> {
+    loop {
+        // SAFETY: the pointer and length describe the live `message` slice.
+        let sent = unsafe {
+            libc::send(
+                fd.as_raw_fd(),
+                message.as_ptr().cast(),
+                message.len(),
+                libc::MSG_NOSIGNAL,
+            )
+        };
+        if sent >= 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// One received packet.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Packet {
+    /// The packet's length; its bytes are at the start of the buffer.
+    Data(usize),
+    /// The packet was longer than the buffer; its tail was discarded.
+    Truncated(usize),
+    /// The peer closed its end.
+    Closed,
+}
+
+/// Receives one packet into `buf`, waiting at most `timeout` (`None` waits
+/// forever). Returns `ErrorKind::TimedOut` when nothing arrived in time.
+pub fn recv_packet(fd: &OwnedFd, buf: &mut [u8], timeout: Option<Duration>) -> io::Result<Packet> {
+    if let Some(timeout) = timeout {
+        if !poll_readable(fd, timeout)? {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no packet before the deadline",
+            ));
+        }
+    }
+    loop {
+        // SAFETY: the pointer and length describe the live, writable `buf`; with
+        // MSG_TRUNC the kernel still writes at most `buf.len()` bytes and returns
+        // the packet's full length.
+        let received = unsafe {
+            libc::recv(
+                fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_TRUNC,
+            )
+        };
+        if received > 0 {
+            let len = received as usize;
+            return Ok(if len > buf.len() {
+                Packet::Truncated(len)
+            } else {
+                Packet::Data(len)
+            });
+        }
+        if received == 0 {
+            return Ok(Packet::Closed);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// Waits until `fd` is readable or closed; false when `timeout` passed first.
+fn poll_readable(fd: &OwnedFd, timeout: Duration) -> io::Result<bool> {
+    let mut entry = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    loop {
+        // SAFETY: `entry` is one live pollfd, and the count passed is 1.
+        let ready = unsafe { libc::poll(&mut entry, 1, millis) };
+        if ready >= 0 {
+            return Ok(ready > 0);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds. Every process on the machine reads the same
+/// clock, so a deadline computed in one process can be checked in another.
+pub fn monotonic_nanos() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a live timespec that clock_gettime fills in; the clock id is
+    // a constant that every Linux kernel supports.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now);
+    }
+    (now.tv_sec as u64) * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// How a child process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitReason {
+    Exited(i32),
+    Signaled(i32),
+}
+
+/// Reaps one child that has ended, without waiting. Returns `None` when no child
+/// has ended (or there are no children).
+pub fn reap_child() -> Option<(libc::pid_t, ExitReason)> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: `status` is a live c_int that waitpid fills in.
+    let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+    if pid <= 0 {
+        return None;
+    }
+    let reason = if libc::WIFSIGNALED(status) {
+        ExitReason::Signaled(libc::WTERMSIG(status))
+    } else {
+        ExitReason::Exited(libc::WEXITSTATUS(status))
+    };
+    Some((pid, reason))
+}
+
+/// Sends `signal` to process `pid`.
+pub fn kill(pid: libc::pid_t, signal: i32) -> io::Result<()> {
+    // SAFETY: kill takes plain integers; a positive `pid` names one process.
+    check(unsafe { libc::kill(pid, signal) })?;
+    Ok(())
+}
+
+/// Asks the kernel to send `signal` to this process when its parent exits, and
+/// reports whether the parent is still `expected_parent` (it may have exited
+/// before the request took effect).
+pub fn die_with_parent(signal: i32, expected_parent: libc::pid_t) -> io::Result<bool> {
+    // SAFETY: prctl with PR_SET_PDEATHSIG takes only integer arguments.
+    check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0) })?;
+    // SAFETY: getppid takes no arguments and cannot fail.
+    Ok(unsafe { libc::getppid() } == expected_parent)
+}
+
+/// The calling process's id.
+pub fn getpid() -> libc::pid_t {
+    // SAFETY: getpid takes no arguments and cannot fail.
+    unsafe { libc::getpid() }
+}
+
+/// The name of a signal number, such as `SIGKILL`, for log lines.
+pub fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGSYS => "SIGSYS",
+        _ => "unknown signal",
+    }
+}
