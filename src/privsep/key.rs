@@ -93,7 +93,9 @@ pub fn run(start: KeyStart<'_>, parent: libc::pid_t) -> ! {
     }
 
     // The serving threads start before the filter, which forbids creating
-    // threads, and wait until it is in place.
+    // threads. The barrier is passed twice: once when every thread has finished
+    // its start-up syscalls (rseq, prctl for its name), and once the filter is in
+    // place.
     let keys: Arc<[HeldKey]> = keys.into();
     let barrier = Arc::new(Barrier::new(start.workers.len() + 1));
     for (index, socket) in start.workers.into_iter().enumerate() {
@@ -102,6 +104,7 @@ pub fn run(start: KeyStart<'_>, parent: libc::pid_t) -> ! {
         let spawned = std::thread::Builder::new()
             .name(format!("tlsplice-key-{index}"))
             .spawn(move || {
+                barrier.wait();
                 barrier.wait();
                 serve(index, &socket, &keys);
             });
@@ -112,6 +115,7 @@ pub fn run(start: KeyStart<'_>, parent: libc::pid_t) -> ! {
             );
         }
     }
+    barrier.wait();
     if let Err(err) = seccomp::install(seccomp::Role::Key) {
         fail(
             &control,

@@ -495,6 +495,9 @@ impl Parent<'_> {
     fn stop_all(&mut self) {
         for slot in &mut self.workers {
             slot.restart_at = None;
+            // The listeners close with the workers' copies, so new connections
+            // are refused while open ones drain.
+            slot.listeners.clear();
             if let Some(pid) = slot.pid {
                 let _ = process::kill(pid, libc::SIGTERM);
             }

@@ -33,6 +33,9 @@ const COMMON: &[libc::c_long] = &[
     libc::SYS_rt_sigprocmask,
     libc::SYS_rt_sigtimedwait,
     libc::SYS_rt_sigreturn,
+    // The kernel resumes an interrupted poll or futex wait with this.
+    libc::SYS_restart_syscall,
+    libc::SYS_fcntl,
     libc::SYS_sigaltstack,
     libc::SYS_getpid,
     libc::SYS_gettid,
@@ -63,7 +66,6 @@ const WORKER: &[libc::c_long] = &[
     libc::SYS_getsockopt,
     libc::SYS_getsockname,
     libc::SYS_getpeername,
-    libc::SYS_fcntl,
 ];
 
 /// Syscalls that open or look up files fail with EACCES instead of killing the
