@@ -272,3 +272,94 @@ pub fn answer(worker: usize, packet: &[u8], keys: &[HeldKey]) -> SignReply {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::privsep::protocol::{SignReply, MAX_SIGNED_MESSAGE};
+    use rustls::pki_types::PrivateKeyDer;
+
+    fn ecdsa_key() -> (HeldKey, rcgen::KeyPair) {
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let der = PrivateKeyDer::try_from(pair.serialize_der()).unwrap();
+        let key = rustls::crypto::aws_lc_rs::sign::any_supported_type(&der).unwrap();
+        (HeldKey::new(key), pair)
+    }
+
+    fn request(seq: u64, key: u32, scheme: SignatureScheme) -> SignRequest {
+        SignRequest {
+            seq,
+            deadline: process::monotonic_nanos() + 60_000_000_000,
+            key,
+            scheme,
+            message: b"signed content".to_vec(),
+        }
+    }
+
+    fn exchange(socket: &OwnedFd, packet: &[u8]) -> SignReply {
+        process::send_packet(socket, packet).unwrap();
+        let mut buf = vec![0u8; SIGN_PACKET_BUFFER];
+        let timeout = Some(std::time::Duration::from_secs(30));
+        match process::recv_packet(socket, &mut buf, timeout).unwrap() {
+            Packet::Data(len) => SignReply::decode(&buf[..len]).unwrap(),
+            other => panic!("expected a reply, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn ecdsa_key_allows_only_its_scheme() {
+        let (held, _) = ecdsa_key();
+        assert_eq!(held.schemes(), &[SignatureScheme::ECDSA_NISTP256_SHA256]);
+    }
+
+    #[test]
+    fn serving_loop_survives_malformed_requests() {
+        let (held, pair) = ecdsa_key();
+        let keys: Arc<[HeldKey]> = vec![held].into();
+        let (worker, key_end) = process::seqpacket_pair().unwrap();
+        let serving = {
+            let keys = keys.clone();
+            std::thread::spawn(move || serve(0, &key_end, &keys))
+        };
+        let scheme = SignatureScheme::ECDSA_NISTP256_SHA256;
+
+        let empty = exchange(&worker, &[]);
+        assert_eq!(empty.status, Status::Malformed);
+        let garbage = exchange(&worker, &[0xff; 40]);
+        assert_eq!(garbage.status, Status::Malformed);
+
+        let mut truncated = request(11, 0, scheme).encode();
+        truncated.truncate(20);
+        let reply = exchange(&worker, &truncated);
+        assert_eq!((reply.seq, reply.status), (11, Status::Malformed));
+
+        let mut oversized = request(12, 0, scheme);
+        oversized.message = vec![0; MAX_SIGNED_MESSAGE * 4];
+        let reply = exchange(&worker, &oversized.encode());
+        assert_eq!(reply.status, Status::Malformed);
+
+        let reply = exchange(&worker, &request(13, 5, scheme).encode());
+        assert_eq!((reply.seq, reply.status), (13, Status::UnknownKey));
+
+        let wrong_scheme = SignatureScheme::RSA_PSS_SHA256;
+        let reply = exchange(&worker, &request(14, 0, wrong_scheme).encode());
+        assert_eq!((reply.seq, reply.status), (14, Status::SchemeNotAllowed));
+
+        let mut expired = request(15, 0, scheme);
+        expired.deadline = 0;
+        let reply = exchange(&worker, &expired.encode());
+        assert_eq!((reply.seq, reply.status), (15, Status::Expired));
+
+        let reply = exchange(&worker, &request(16, 0, scheme).encode());
+        assert_eq!((reply.seq, reply.status), (16, Status::Signed));
+        let verified = webpki::aws_lc_rs::ECDSA_P256_SHA256.verify_signature(
+            pair.public_key_raw(),
+            b"signed content",
+            &reply.signature,
+        );
+        assert!(verified.is_ok(), "signature does not verify");
+
+        drop(worker);
+        serving.join().unwrap();
+    }
+}

@@ -91,13 +91,30 @@ pub fn recv_packet(fd: &OwnedFd, buf: &mut [u8], timeout: Option<Duration>) -> i
             });
         }
         if received == 0 {
-            return Ok(Packet::Closed);
+            // An empty packet also reads as 0 bytes; only a hang-up means closed.
+            return Ok(if peer_closed(fd)? {
+                Packet::Closed
+            } else {
+                Packet::Data(0)
+            });
         }
         let err = io::Error::last_os_error();
         if err.kind() != io::ErrorKind::Interrupted {
             return Err(err);
         }
     }
+}
+
+/// Whether the peer of a connected socket has closed its end.
+fn peer_closed(fd: &OwnedFd) -> io::Result<bool> {
+    let mut entry = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: `entry` is one live pollfd, and the count passed is 1.
+    check(unsafe { libc::poll(&mut entry, 1, 0) })?;
+    Ok(entry.revents & libc::POLLHUP != 0)
 }
 
 /// Waits until `fd` is readable or closed; false when `timeout` passed first.
