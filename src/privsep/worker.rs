@@ -104,9 +104,6 @@ pub fn run(
                     return Ok(());
                 }
             };
-            if probe {
-                jail_probe();
-            }
             worker.run()
         });
     let handle = match handle {
@@ -126,6 +123,9 @@ pub fn run(
     }
     let _ = ready.write_all(b"1");
     drop(ready);
+    if probe {
+        jail_probe();
+    }
 
     wait_for_stop(index, &shared, &wake_main);
     let code = match handle.join() {

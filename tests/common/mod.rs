@@ -218,6 +218,11 @@ impl Proxy {
     /// Starts tlsplice in the foreground on `config` (appended after
     /// `foreground = yes`) and waits for every service to report its address.
     pub fn start(config: &str) -> Proxy {
+        Proxy::start_with_env(config, &[])
+    }
+
+    /// Starts tlsplice like [`Proxy::start`], with extra environment variables.
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Proxy {
         let dir = TempDir::new("proxy");
         let text = format!("foreground = yes\nsyslog = no\ndebug = info\n{config}");
         let path = dir.write("tlsplice.conf", &text);
@@ -231,7 +236,7 @@ impl Proxy {
             .filter(|line| line.trim_start().to_lowercase().starts_with("sni"))
             .count();
         Proxy::spawn(
-            Command::new(binary()).arg(&path),
+            Command::new(binary()).arg(&path).envs(env.iter().copied()),
             services - sni_sections,
             dir,
         )

@@ -1,0 +1,384 @@
+//! Privilege separation end to end: the real binary as root with `privsep = yes`,
+//! real rustls clients, and checks on the key process and the worker processes
+//! through /proc.
+
+mod common;
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use common::*;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Key,
+    Worker,
+}
+
+/// The direct children of `pid`.
+fn children(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return found;
+    };
+    for task in tasks.flatten() {
+        let text = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        found.extend(
+            text.split_whitespace()
+                .map(|pid| pid.parse::<u32>().unwrap()),
+        );
+    }
+    found
+}
+
+/// A child's role, told by the names of its threads; `None` while it starts.
+fn role(pid: u32) -> Option<Role> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    for task in tasks.flatten() {
+        let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if name.starts_with("tlsplice-key") {
+            return Some(Role::Key);
+        }
+        if name.starts_with("tlsplice-worke") {
+            return Some(Role::Worker);
+        }
+    }
+    None
+}
+
+/// Waits until the proxy has one key process and `workers` worker processes;
+/// returns the worker pids.
+fn wait_for_workers(proxy: &Proxy, workers: usize) -> Vec<u32> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let roles: Vec<(u32, Option<Role>)> = children(proxy.pid())
+            .into_iter()
+            .map(|pid| (pid, role(pid)))
+            .collect();
+        let keys = roles
+            .iter()
+            .filter(|(_, role)| *role == Some(Role::Key))
+            .count();
+        let found: Vec<u32> = roles
+            .iter()
+            .filter(|(_, role)| *role == Some(Role::Worker))
+            .map(|(pid, _)| *pid)
+            .collect();
+        if keys == 1 && found.len() == workers {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "expected 1 key process and {workers} workers, found {roles:?}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// For each needle, whether it occurs in any readable mapping of `pid`.
+fn memory_contains(pid: u32, needles: &[Vec<u8>]) -> Vec<bool> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let mut found = vec![false; needles.len()];
+    let mut scanned = 0usize;
+    for line in maps.lines() {
+        let mut parts = line.split_whitespace();
+        let range = parts.next().unwrap();
+        let perms = parts.next().unwrap();
+        if !perms.starts_with('r') || line.ends_with("[vvar]") || line.ends_with("[vsyscall]") {
+            continue;
+        }
+        let (start, end) = range.split_once('-').unwrap();
+        let start = u64::from_str_radix(start, 16).unwrap();
+        let end = u64::from_str_radix(end, 16).unwrap();
+        let mut region = vec![0u8; (end - start) as usize];
+        if mem.seek(SeekFrom::Start(start)).is_err() || mem.read_exact(&mut region).is_err() {
+            continue;
+        }
+        scanned += region.len();
+        for (index, needle) in needles.iter().enumerate() {
+            if !found[index] && contains(&region, needle) {
+                found[index] = true;
+            }
+        }
+    }
+    assert!(scanned > 0, "read no memory of pid {pid}");
+    found
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    let first = needle[0];
+    haystack
+        .iter()
+        .enumerate()
+        .filter(|(_, byte)| **byte == first)
+        .any(|(at, _)| haystack[at..].starts_with(needle))
+}
+
+/// The private scalar of an EC key or the private exponent of an RSA key, as
+/// printed by `openssl pkey -text`, big-endian without leading zero bytes.
+fn private_number(key: &PathBuf) -> Vec<u8> {
+    let output = Command::new("openssl")
+        .args(["pkey", "-noout", "-text", "-in"])
+        .arg(key)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(output.stdout).unwrap();
+    let mut lines = text
+        .lines()
+        .skip_while(|line| !(line.starts_with("priv:") || line.starts_with("privateExponent:")));
+    lines
+        .next()
+        .expect("a private number in the openssl output");
+    let hex: String = lines
+        .take_while(|line| line.starts_with(' '))
+        .flat_map(|line| line.trim().split(':'))
+        .filter(|byte| !byte.is_empty())
+        .collect::<Vec<_>>()
+        .concat();
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|at| u8::from_str_radix(&hex[at..at + 2], 16).unwrap())
+        .collect();
+    let first = bytes.iter().position(|byte| *byte != 0).unwrap();
+    bytes[first..].to_vec()
+}
+
+fn echo_round_trip(stream: &mut TlsStream, message: &[u8]) {
+    use std::io::Write;
+    stream.write_all(message).unwrap();
+    let mut reply = vec![0u8; message.len()];
+    stream.read_exact(&mut reply).unwrap();
+    assert_eq!(reply, message);
+}
+
+fn try_round_trip(
+    addr: std::net::SocketAddr,
+    config: &Arc<rustls::ClientConfig>,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut stream = tls_connect(addr, config, "ec.test")?;
+    stream.write_all(b"ping")?;
+    let mut reply = [0u8; 4];
+    stream.read_exact(&mut reply)?;
+    Ok(())
+}
+
+/// An RSA listener certificate and an ECDSA SNI route, both to an echo backend.
+fn two_key_config(rsa: &Cert, ecdsa: &Cert, backend: &Backend, extra: &str) -> String {
+    format!(
+        "privsep = yes\nthreads = 2\n{extra}\n[web]\naccept = 127.0.0.1:0\nconnect = {}\ncert = {}\nkey = {}\n\
+         [ec]\nsni = web:ec.test\nconnect = {}\ncert = {}\nkey = {}\n",
+        backend.addr,
+        rsa.cert.display(),
+        rsa.key.display(),
+        backend.addr,
+        ecdsa.cert.display(),
+        ecdsa.key.display(),
+    )
+}
+
+#[test]
+fn rsa_and_ecdsa_handshakes_across_sni() {
+    let dir = TempDir::new("privsep-keys");
+    let rsa = make_cert(&dir, "rsa", KeyKind::Rsa2048, &["localhost"]);
+    let ecdsa = make_cert(&dir, "ecdsa", KeyKind::EcdsaP256, &["ec.test"]);
+    let backend = Backend::echo();
+    let proxy = Proxy::start(&two_key_config(&rsa, &ecdsa, &backend, ""));
+    wait_for_workers(&proxy, 2);
+
+    let versions: [&[&'static rustls::SupportedProtocolVersion]; 2] =
+        [&[&rustls::version::TLS12], &[&rustls::version::TLS13]];
+    for version in versions {
+        for (cert, name) in [(&rsa, "localhost"), (&ecdsa, "ec.test")] {
+            let config = client_config(std::slice::from_ref(&cert.der), version);
+            let mut stream = tls_connect(proxy.addr(), &config, name)
+                .unwrap_or_else(|err| panic!("{name} {version:?}: {err}"));
+            echo_round_trip(&mut stream, name.as_bytes());
+        }
+    }
+    let lines = proxy.wait_for_conn_lines(4);
+    assert_eq!(field(&lines[0], "tls"), "TLSv1.2");
+    assert_eq!(field(&lines[3], "tls"), "TLSv1.3");
+    assert_eq!(field(&lines[3], "sni"), "ec.test");
+}
+
+#[test]
+fn worker_memory_holds_no_private_key() {
+    let dir = TempDir::new("privsep-memory");
+    let rsa = make_cert(&dir, "rsa", KeyKind::Rsa2048, &["localhost"]);
+    let ecdsa = make_cert(&dir, "ecdsa", KeyKind::EcdsaP256, &["ec.test"]);
+    let backend = Backend::echo();
+    let proxy = Proxy::start(&two_key_config(&rsa, &ecdsa, &backend, ""));
+    let workers = wait_for_workers(&proxy, 2);
+    // Handshakes on every worker: SO_REUSEPORT spreads these over both.
+    for _ in 0..8 {
+        for (cert, name) in [(&rsa, "localhost"), (&ecdsa, "ec.test")] {
+            let config = client_config(std::slice::from_ref(&cert.der), rustls::ALL_VERSIONS);
+            let mut stream = tls_connect(proxy.addr(), &config, name).unwrap();
+            echo_round_trip(&mut stream, b"warm");
+        }
+    }
+
+    let mut needles = Vec::new();
+    let mut labels = Vec::new();
+    for (cert, kind) in [(&rsa, "rsa"), (&ecdsa, "ecdsa")] {
+        let der = PrivateKeyDer::from_pem_file(&cert.key).unwrap();
+        needles.push(der.secret_der().to_vec());
+        labels.push(format!("{kind} key DER"));
+        let number = private_number(&cert.key);
+        let mut reversed = number.clone();
+        reversed.reverse();
+        needles.push(number);
+        labels.push(format!("{kind} private number, big-endian"));
+        needles.push(reversed);
+        labels.push(format!("{kind} private number, little-endian"));
+    }
+    // The certificate is public and workers hold it: proof that the scan sees
+    // the worker's heap.
+    let end_entity = CertificateDer::from_pem_file(&ecdsa.cert).unwrap();
+    needles.push(end_entity.to_vec());
+    labels.push("ecdsa certificate".into());
+
+    for pid in workers {
+        let found = memory_contains(pid, &needles);
+        let certificate = found.len() - 1;
+        assert!(
+            found[certificate],
+            "worker {pid}: certificate not found; the scan is blind"
+        );
+        for (index, label) in labels.iter().enumerate().take(certificate) {
+            assert!(!found[index], "worker {pid} holds the {label}");
+        }
+    }
+}
+
+#[test]
+fn worker_is_jailed_and_filtered() {
+    let dir = TempDir::new("privsep-jail");
+    let root = dir.join("jail");
+    std::fs::create_dir(&root).unwrap();
+    let rsa = make_cert(&dir, "rsa", KeyKind::Rsa2048, &["localhost"]);
+    let ecdsa = make_cert(&dir, "ecdsa", KeyKind::EcdsaP256, &["ec.test"]);
+    let backend = Backend::echo();
+    let extra = format!("chroot = {}\nsetuid = nobody\n", root.display());
+    let probe = "/bin/true";
+    let proxy = Proxy::start_with_env(
+        &two_key_config(&rsa, &ecdsa, &backend, &extra),
+        &[("TLSPLICE_DEBUG_JAIL_PROBE", probe)],
+    );
+
+    // Worker 0's first start runs the jail probe: the open fails, and the exec
+    // attempt is outside the filter and kills the process.
+    proxy.wait_for_line(&["jail probe: cannot open /bin/true"]);
+    let killed = proxy.wait_for_line(&["worker 0", "killed by signal 31 (SIGSYS)"]);
+    assert!(
+        !proxy.output().iter().any(|line| line.contains("exec of")),
+        "{killed}"
+    );
+
+    let workers = wait_for_workers(&proxy, 2);
+    for pid in workers {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let value = |key: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(key))
+                .map(str::trim)
+                .unwrap_or_default()
+                .to_string()
+        };
+        assert_eq!(value("Seccomp:"), "2", "worker {pid}");
+        assert_eq!(value("NoNewPrivs:"), "1", "worker {pid}");
+        assert_ne!(
+            value("Uid:").split_whitespace().next(),
+            Some("0"),
+            "worker {pid}"
+        );
+        let link = std::fs::read_link(format!("/proc/{pid}/root")).unwrap();
+        assert_eq!(link, root, "worker {pid}");
+    }
+
+    let config = client_config(std::slice::from_ref(&rsa.der), rustls::ALL_VERSIONS);
+    let mut stream = tls_connect(proxy.addr(), &config, "localhost").unwrap();
+    echo_round_trip(&mut stream, b"jailed");
+}
+
+#[test]
+fn killed_worker_is_restarted() {
+    let dir = TempDir::new("privsep-restart");
+    let rsa = make_cert(&dir, "rsa", KeyKind::Rsa2048, &["localhost"]);
+    let ecdsa = make_cert(&dir, "ecdsa", KeyKind::EcdsaP256, &["ec.test"]);
+    let backend = Backend::echo();
+    let proxy = Proxy::start(&two_key_config(&rsa, &ecdsa, &backend, ""));
+    let before = wait_for_workers(&proxy, 2);
+    let addr = proxy.addr();
+    let config = client_config(std::slice::from_ref(&ecdsa.der), rustls::ALL_VERSIONS);
+
+    // Clients keep connecting while a worker is killed: at most 2000 handshakes,
+    // ended once the replacement serves. Connections the killed worker held fail.
+    let stop = Arc::new(AtomicBool::new(false));
+    let succeeded = Arc::new(AtomicUsize::new(0));
+    let clients = {
+        let stop = stop.clone();
+        let succeeded = succeeded.clone();
+        let config = config.clone();
+        thread::spawn(move || {
+            for _ in 0..2000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                if try_round_trip(addr, &config).is_ok() {
+                    succeeded.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+
+    let victim = before[0];
+    assert!(Command::new("kill")
+        .args(["-KILL", &victim.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let line = proxy.wait_for_line(&[&format!("(pid {victim}) was killed by signal 9 (SIGKILL)")]);
+    assert!(line.contains("restarting"), "{line}");
+    let at_kill = succeeded.load(Ordering::Relaxed);
+
+    let deadline = Instant::now() + WAIT;
+    let after = loop {
+        let after = wait_for_workers(&proxy, 2);
+        if !after.contains(&victim) {
+            break after;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "worker {victim} was not replaced"
+        );
+        thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        after.contains(&before[1]),
+        "the other worker was restarted too"
+    );
+    stop.store(true, Ordering::Relaxed);
+    clients.join().unwrap();
+    assert!(
+        succeeded.load(Ordering::Relaxed) > at_kill,
+        "no connection succeeded between the kill and the restart"
+    );
+
+    // Every worker serves again: enough connections that both get some.
+    for _ in 0..20 {
+        let mut stream = tls_connect(addr, &config, "ec.test").unwrap();
+        echo_round_trip(&mut stream, b"after restart");
+    }
+}
