@@ -27,8 +27,14 @@ fn tree_ticks(pid: u32) -> u64 {
         .rsplit_once(')')
         .map(|(_, rest)| rest.split_whitespace().collect())
         .unwrap_or_default();
-    let own = fields.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let own = fields
+        .get(11)
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0)
+        + fields
+            .get(12)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
     let mut children = 0;
     if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
         for task in tasks.flatten() {
@@ -75,9 +81,7 @@ fn main() {
             let (config, name, next, failed) =
                 (config.clone(), name.clone(), next.clone(), failed.clone());
             std::thread::spawn(move || {
-                while next.fetch_add(1, Ordering::Relaxed) < count
-                    && started.elapsed() < MAX_RUN
-                {
+                while next.fetch_add(1, Ordering::Relaxed) < count && started.elapsed() < MAX_RUN {
                     if handshake(addr, &config, &name).is_err() {
                         failed.fetch_add(1, Ordering::Relaxed);
                     }
@@ -106,8 +110,8 @@ fn handshake(
 ) -> std::io::Result<()> {
     let mut tcp = TcpStream::connect(addr)?;
     tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut conn =
-        rustls::ClientConnection::new(config.clone(), name.clone()).map_err(std::io::Error::other)?;
+    let mut conn = rustls::ClientConnection::new(config.clone(), name.clone())
+        .map_err(std::io::Error::other)?;
     while conn.is_handshaking() {
         conn.complete_io(&mut tcp)?;
     }

@@ -91,6 +91,7 @@ pub fn run(start: KeyStart<'_>, parent: libc::pid_t) -> ! {
     if let Err(err) = privileges::jail(start.root, start.ids) {
         fail(&control, format!("key process: {err}"));
     }
+    super::worker::restrict_files("key process");
 
     // The serving threads start before the filter, which forbids creating
     // threads. The barrier is passed twice: once when every thread has finished

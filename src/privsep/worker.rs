@@ -7,9 +7,10 @@
 //! | key process | socket pair N | sign replies | sign requests |
 //! | clients, backends | sockets | network input | network output |
 //!
-//! Once started it cannot open files (it is chrooted and Landlock-free: the
-//! seccomp filter has no open, openat or exec), cannot start processes or threads,
-//! and its ring accepts only the opcodes in [`crate::sys::ring::ALLOWED_OPCODES`].
+//! Once started it cannot open files (chroot, Landlock with no file allowed, and
+//! a seccomp filter that fails opens with EACCES), cannot exec or start processes
+//! or threads (the filter kills it), and its ring accepts only the opcodes in
+//! [`crate::sys::ring::ALLOWED_OPCODES`].
 
 use std::io::{self, Write};
 use std::os::fd::OwnedFd;
@@ -61,6 +62,7 @@ pub fn run(
         warning!("worker {index}: {err}");
         crate::sys::exit_now(1);
     }
+    restrict_files(&format!("worker {index}"));
     crate::privsep::signer::install_link(start.key_link);
 
     let shared = Arc::new(Shared {
@@ -151,6 +153,16 @@ fn wait_for_stop(index: usize, shared: &Shared, wake: &OwnedFd) {
             let _ = crate::sys::eventfd_signal(wake);
             return;
         }
+    }
+}
+
+/// Applies Landlock with no file allowed to this thread and the threads it starts
+/// later; `who` names the process in log lines.
+pub(crate) fn restrict_files(who: &str) {
+    match crate::sys::landlock::deny_all_files() {
+        Ok(crate::sys::landlock::Enforced::Fully) => debug!("{who}: Landlock enforced"),
+        Ok(status) => debug!("{who}: Landlock {status:?} enforced by this kernel"),
+        Err(err) => warning!("{who}: cannot apply Landlock: {err}"),
     }
 }
 

@@ -2,6 +2,7 @@
 //! states the invariant it relies on in a `// SAFETY:` comment.
 
 pub mod ktls;
+pub mod landlock;
 pub mod process;
 pub mod ring;
 pub mod seccomp;
