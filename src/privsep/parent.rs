@@ -74,7 +74,7 @@ pub fn run(config: &Config, ready: &mut Option<io::PipeWriter>) -> Result<(), Ru
     let cpus = crate::sys::allowed_cpus();
     let count = global.threads.unwrap_or_else(|| cpus.len().max(1)).max(1);
 
-    let (control, key_pid, descriptions) = start_key_process(config, count)?;
+    let (control, key_pid, descriptions) = start_key_process(config, count, ready)?;
     let (control, key_links) = control;
     let services = build_services(config, &descriptions)?;
 
@@ -141,6 +141,7 @@ type KeyChannels = (OwnedFd, Vec<OwnedFd>);
 fn start_key_process(
     config: &Config,
     workers: usize,
+    ready: &mut Option<io::PipeWriter>,
 ) -> Result<(KeyChannels, libc::pid_t, Vec<KeyDescription>), RunError> {
     let global = &config.global;
     let (control, key_control) =
@@ -179,6 +180,8 @@ fn start_key_process(
     let parent = process::getpid();
     let pid = match crate::sys::fork().map_err(io_error("cannot fork the key process"))? {
         crate::sys::Forked::Child => {
+            // The daemonizing parent waits for end of file on `ready`.
+            drop(ready.take());
             drop(control);
             drop(worker_ends);
             key::run(
@@ -347,7 +350,7 @@ impl Parent<'_> {
         ready: &mut Option<io::PipeWriter>,
     ) -> Result<(), RunError> {
         for index in 0..count {
-            if let Err(err) = self.start_worker(index, true) {
+            if let Err(err) = self.start_worker(index, true, ready) {
                 self.stop_all();
                 return Err(err);
             }
@@ -375,11 +378,18 @@ impl Parent<'_> {
     }
 
     /// Forks worker `index` and waits until it serves.
-    fn start_worker(&mut self, index: usize, first_start: bool) -> Result<(), RunError> {
+    fn start_worker(
+        &mut self,
+        index: usize,
+        first_start: bool,
+        ready: &mut Option<io::PipeWriter>,
+    ) -> Result<(), RunError> {
         let (mut reader, writer) = io::pipe().map_err(io_error("cannot create a pipe"))?;
         let parent = process::getpid();
         match crate::sys::fork().map_err(io_error("cannot fork a worker"))? {
             crate::sys::Forked::Child => {
+                // The daemonizing parent waits for end of file on `ready`.
+                drop(ready.take());
                 drop(reader);
                 self.control = None;
                 let slot = self.workers.swap_remove(index);
@@ -478,7 +488,7 @@ impl Parent<'_> {
         let now = Instant::now();
         for index in 0..self.workers.len() {
             if self.workers[index].restart_at.is_some_and(|at| at <= now) {
-                if let Err(err) = self.start_worker(index, false) {
+                if let Err(err) = self.start_worker(index, false, &mut None) {
                     warning!("{err}");
                     let slot = &mut self.workers[index];
                     slot.pid = None;
