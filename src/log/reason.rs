@@ -16,6 +16,8 @@ pub enum CloseReason {
     HandshakeFailed,
     /// The client closed before completing the handshake.
     HandshakeEof,
+    /// The PROXY protocol header from the upstream load balancer was malformed.
+    ProxyHeaderInvalid,
     /// No backend accepted the connection.
     ConnectFailed,
     /// Connecting to the backend took longer than `TIMEOUTconnect`.
@@ -35,13 +37,14 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 14] = [
+    pub const ALL: [CloseReason; 15] = [
         CloseReason::Done,
         CloseReason::ClientReset,
         CloseReason::BackendReset,
         CloseReason::HandshakeTimeout,
         CloseReason::HandshakeFailed,
         CloseReason::HandshakeEof,
+        CloseReason::ProxyHeaderInvalid,
         CloseReason::ConnectFailed,
         CloseReason::ConnectTimeout,
         CloseReason::IdleTimeout,
@@ -61,6 +64,7 @@ impl CloseReason {
             CloseReason::HandshakeTimeout => "handshake-timeout",
             CloseReason::HandshakeFailed => "handshake-failed",
             CloseReason::HandshakeEof => "handshake-eof",
+            CloseReason::ProxyHeaderInvalid => "proxy-header-invalid",
             CloseReason::ConnectFailed => "connect-failed",
             CloseReason::ConnectTimeout => "connect-timeout",
             CloseReason::IdleTimeout => "idle-timeout",

@@ -21,6 +21,7 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use crate::config::{Address, Config, ConfigError};
+use crate::metrics::{Collector, HistogramLogger, Registry, StatsServer, StatsServerOptions};
 use crate::sys::ring::{Ring, RingConfig};
 use crate::tls::ServiceTls;
 use crate::{notice, warning};
@@ -187,6 +188,9 @@ fn start_jailed(
     cpus: &[usize],
     ready: &mut Option<io::PipeWriter>,
 ) -> Result<(), RunError> {
+    // Metrics threads start after the fork, which keeps only the calling thread,
+    // and before the chroot, so the stats port and histogram log can be opened.
+    let metrics = start_metrics(global, &services)?;
     let pid_file = privileges::drop_privileges(global).map_err(RunError::Privileges)?;
     crate::sys::block_signals().map_err(io_error("cannot block signals"))?;
 
@@ -204,7 +208,8 @@ fn start_jailed(
         }
     }
 
-    let result = run_workers(global, services, listeners, workers, cpus, ready);
+    let result = run_workers(global, services, listeners, workers, cpus, ready, &metrics);
+    metrics.stop();
     if let Some(path) = pid_file {
         if let Err(err) = std::fs::remove_file(&path) {
             warning!("cannot remove pid file {}: {err}", path.display());
@@ -220,6 +225,7 @@ fn run_workers(
     workers: usize,
     cpus: &[usize],
     ready: &mut Option<io::PipeWriter>,
+    metrics: &Metrics,
 ) -> Result<(), RunError> {
     let services: Arc<[Service]> = services.into();
     let shared = Arc::new(Shared {
@@ -250,6 +256,7 @@ fn run_workers(
             wake,
             maxconn: global.maxconn,
             shutdown_timeout: global.shutdown_timeout,
+            metrics: metrics.registry.register_worker(),
         };
         let services = services.clone();
         let shared = shared.clone();
@@ -284,7 +291,7 @@ fn run_workers(
         let _ = ready.write_all(b"ok");
     }
 
-    wait_for_stop(&shared, &wakers);
+    wait_for_stop(&shared, &wakers, &metrics.registry);
 
     let mut failure = None;
     for handle in handles {
@@ -299,7 +306,7 @@ fn run_workers(
 }
 
 /// Handles signals until SIGTERM or SIGINT, then tells the workers to stop.
-fn wait_for_stop(shared: &Shared, wakers: &[std::os::fd::OwnedFd]) {
+fn wait_for_stop(shared: &Shared, wakers: &[std::os::fd::OwnedFd], registry: &Registry) {
     loop {
         let Some(signal) = crate::sys::wait_signal(Duration::from_secs(1)) else {
             continue;
@@ -313,6 +320,13 @@ fn wait_for_stop(shared: &Shared, wakers: &[std::os::fd::OwnedFd]) {
                 }
                 return;
             }
+            libc::SIGUSR1 => {
+                // Workers publish on their next tick; wait for it so the summary
+                // includes connections that just finished.
+                registry.request_publish();
+                std::thread::sleep(Duration::from_millis(300));
+                log_summary(registry);
+            }
             libc::SIGHUP => match crate::log::reopen() {
                 Ok(()) => notice!("log file reopened"),
                 Err(err) => warning!(
@@ -321,6 +335,72 @@ fn wait_for_stop(shared: &Shared, wakers: &[std::os::fd::OwnedFd]) {
             },
             _ => {}
         }
+    }
+}
+
+/// The metrics registry and the threads that read it.
+struct Metrics {
+    registry: Arc<Registry>,
+    collector: Collector,
+    stats: Option<StatsServer>,
+    histogram_log: Option<HistogramLogger>,
+}
+
+impl Metrics {
+    /// Stops the readers and logs a final summary. Runs after the workers have
+    /// exited, so their last values are published.
+    fn stop(self) {
+        if let Some(stats) = self.stats {
+            stats.stop();
+        }
+        if let Some(log) = self.histogram_log {
+            log.stop();
+        }
+        drop(self.collector);
+        log_summary(&self.registry);
+    }
+}
+
+fn start_metrics(
+    global: &crate::config::Global,
+    services: &[Service],
+) -> Result<Metrics, RunError> {
+    let names = services
+        .iter()
+        .map(|service| service.name.clone())
+        .collect();
+    let registry = Arc::new(Registry::new(names));
+    let collector = Collector::start(registry.clone(), Duration::from_millis(250))
+        .map_err(io_error("cannot start the metrics collector"))?;
+    let stats = match global.stats {
+        Some(addr) => {
+            let server = StatsServer::start(addr, registry.clone(), StatsServerOptions::default())
+                .map_err(io_error(format!(
+                    "stats = {addr}: cannot listen; choose a free port"
+                )))?;
+            notice!("stats listening on {}", server.local_addr());
+            Some(server)
+        }
+        None => None,
+    };
+    let histogram_log = match &global.histogram_log {
+        Some(path) => Some(
+            HistogramLogger::start(path, global.histogram_log_interval, registry.clone())
+                .map_err(io_error("histogram_log"))?,
+        ),
+        None => None,
+    };
+    Ok(Metrics {
+        registry,
+        collector,
+        stats,
+        histogram_log,
+    })
+}
+
+fn log_summary(registry: &Registry) {
+    for line in registry.summary().lines() {
+        notice!("stats: {line}");
     }
 }
 
