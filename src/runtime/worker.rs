@@ -347,6 +347,8 @@ impl Worker {
             Op::Timeout { after: TICK },
         )?;
 
+        self.metrics.publish();
+
         if self.accept_paused_until.is_some_and(|until| now >= until) {
             self.accept_paused_until = None;
             for service in 0..self.listeners.len() {
