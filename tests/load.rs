@@ -172,6 +172,28 @@ fn bulk_download_counts_bytes() {
 }
 
 #[test]
+fn bulk_download_cut_at_duration() {
+    let sink = Sink::start("cut");
+    let (code, report) = run_load(&[
+        "bulk",
+        "--connect",
+        &sink.addr,
+        "--insecure",
+        "--path",
+        "/bytes/1000000000000",
+        "--connections",
+        "2",
+        "--duration",
+        "0.5",
+    ]);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(count(&report, "errors"), 0);
+    assert_eq!(count(&report, "requests"), 0);
+    assert_eq!(count(&report, "cut_off"), 2);
+    assert!(count(&report, "bytes_received") > 0, "{report}");
+}
+
+#[test]
 fn bulk_upload_counts_bytes() {
     let sink = Sink::start("upload");
     let (code, report) = run_load(&[

@@ -65,6 +65,9 @@ pub struct Plan {
     /// Maximum requests across all threads (connections in the handshake mode).
     pub budget: Budget,
     pub threads: usize,
+    /// Stop in-flight exchanges when `duration` has passed instead of letting them
+    /// finish (bulk mode, whose transfers can outlast the run).
+    pub cut_at_deadline: bool,
 }
 
 /// A count of requests that threads claim one by one.
@@ -145,6 +148,15 @@ struct Exchange {
     head_written: usize,
     body_left: u64,
     parser: MessageParser,
+    /// The response head, once the whole response arrived.
+    response: Option<http::Head>,
+}
+
+impl Exchange {
+    /// Returns whether the whole request was handed to the stream.
+    fn request_queued(&self) -> bool {
+        self.head_written == self.head.len() && self.body_left == 0
+    }
 }
 
 struct Conn {
@@ -269,6 +281,9 @@ impl<'a> Worker<'a> {
             } else if drain_until.is_none() {
                 drain_until = Some(now + self.plan.timeout.min(MAX_DRAIN));
                 self.finish_schedule(now);
+                if self.plan.cut_at_deadline && now >= self.deadline {
+                    self.cut_in_flight();
+                }
             }
             if !running {
                 self.close_idle();
@@ -630,10 +645,18 @@ impl<'a> Worker<'a> {
         self.read_buffer = input;
         let next = next?;
 
-        if matches!(next, Next::Keep) {
-            self.pump(conn).map_err(Failure::from)?;
+        if !matches!(next, Next::Keep) {
+            return Ok(next);
         }
-        Ok(next)
+        self.pump(conn).map_err(Failure::from)?;
+        let body_finished_after_response = conn
+            .exchange
+            .as_ref()
+            .is_some_and(|e| e.response.is_some() && e.request_queued());
+        if body_finished_after_response {
+            return self.finish_exchange(conn, false, now);
+        }
+        Ok(Next::Keep)
     }
 
     fn handle_input(
@@ -684,7 +707,31 @@ impl<'a> Worker<'a> {
             return Err(Failure::new("http", "data received after the response"));
         }
 
-        let exchange = conn.exchange.take().expect("matched above");
+        // A server may respond before the request body is complete (nginx does for
+        // `return`). The exchange then ends once the body has been sent.
+        let request_queued = exchange.request_queued();
+        exchange.response = Some(head);
+        if request_queued {
+            self.finish_exchange(conn, eof, now)
+        } else if eof {
+            Err(Failure::new(
+                "closed",
+                "peer closed the connection before the request body was sent",
+            ))
+        } else {
+            Ok(Next::Keep)
+        }
+    }
+
+    /// Records a completed exchange and decides what comes next.
+    fn finish_exchange(
+        &mut self,
+        conn: &mut Conn,
+        eof: bool,
+        now: Instant,
+    ) -> Result<Next, Failure> {
+        let exchange = conn.exchange.take().expect("only called with an exchange");
+        let head = exchange.response.expect("only called after the response");
         conn.deadline = None;
         self.stats.requests += 1;
         report::record(&mut self.stats.latency, now - exchange.intended);
@@ -694,6 +741,22 @@ impl<'a> Worker<'a> {
                 .error_with_detail("status", format!("HTTP status {}", head.status));
         }
         self.after_exchange(conn, head.close || eof, now)
+    }
+
+    /// Stops in-flight transfers at the end of a bulk run. Their bytes so far are
+    /// already counted, and they are reported as cut off, not as errors.
+    fn cut_in_flight(&mut self) {
+        for slot in 0..self.conns.len() {
+            let in_flight = self.conns[slot]
+                .as_ref()
+                .is_some_and(|conn| conn.exchange.is_some());
+            if in_flight {
+                let mut conn = self.conns[slot].take().expect("checked above");
+                self.stats.cut_off += 1;
+                conn.stream.close();
+                self.release(slot, conn, true);
+            }
+        }
     }
 
     fn on_established(&mut self, conn: &mut Conn, now: Instant) -> Result<Next, Failure> {
@@ -782,6 +845,7 @@ impl<'a> Worker<'a> {
             head_written: 0,
             body_left: request.body_len,
             parser: MessageParser::response(),
+            response: None,
         });
         conn.deadline = Some(now + self.plan.timeout);
         self.pump(conn).map_err(Failure::from)?;

@@ -149,7 +149,8 @@ struct ClientArgs {
     /// Worker threads, each with its own event loop.
     #[arg(long, default_value_t = 1)]
     threads: usize,
-    /// Seconds to run before stopping; in-flight requests then get up to 5 more seconds.
+    /// Seconds to run before stopping. In-flight requests then get up to 5 more seconds,
+    /// except in the bulk mode, which stops its transfers at once.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
     /// Stop after this many requests (in the handshake mode: connections).
@@ -262,7 +263,8 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         }
     };
 
-    let plan = build_plan(common, workload, method, body_len, resume)?;
+    let mut plan = build_plan(common, workload, method, body_len, resume)?;
+    plan.cut_at_deadline = name.starts_with("bulk");
     let (stats, elapsed) =
         client::run(Arc::new(plan)).map_err(|e| format!("load run failed: {e}"))?;
 
@@ -334,6 +336,7 @@ fn build_plan(
         duration: seconds(common.duration, "--duration")?,
         budget: Budget::new(common.requests),
         threads: positive(common.threads, "--threads")?,
+        cut_at_deadline: false,
     })
 }
 

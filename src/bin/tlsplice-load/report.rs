@@ -48,6 +48,8 @@ pub struct Stats {
     /// Requests whose intended send time passed without a free connection to send
     /// them on before the run ended (latency mode).
     pub unsent: u64,
+    /// Bulk mode: transfers stopped because the run's duration had passed.
+    pub cut_off: u64,
     /// Highest number of connections open at the same time.
     pub max_open: u64,
 }
@@ -68,6 +70,7 @@ impl Stats {
             service_latency: new_histogram(),
             send_lateness: new_histogram(),
             unsent: 0,
+            cut_off: 0,
             max_open: 0,
         }
     }
@@ -110,6 +113,7 @@ impl Stats {
             .add(&other.send_lateness)
             .expect("histograms share their bounds");
         self.unsent += other.unsent;
+        self.cut_off += other.cut_off;
         self.max_open += other.max_open;
     }
 
@@ -135,6 +139,7 @@ impl Stats {
             "errors_by_kind": self.errors,
             "first_errors": self.first_errors,
             "unsent": self.unsent,
+            "cut_off": self.cut_off,
             "handshake_latency_us": summarize(&self.handshake_latency),
             "latency_us": summarize(&self.latency),
             "service_latency_us": summarize(&self.service_latency),
