@@ -38,6 +38,9 @@ pub enum Workload {
         connections: usize,
         interval: Duration,
         ramp_rate: f64,
+        /// Stop this long after every connection was established, if that comes
+        /// before the run's duration.
+        hold: Option<Duration>,
     },
 }
 
@@ -100,6 +103,11 @@ impl Budget {
 /// Stops a run whose first this-many connections all failed, so that a proxy that
 /// is down does not turn the run into a connect loop.
 const ABORT_AFTER_ERRORS: u64 = 100;
+
+/// Maximum handshakes in progress per thread while the hold mode opens connections.
+/// It keeps the ramp from filling the server's accept queue when the server is
+/// slower than `ramp_rate`, which would turn into handshake timeouts.
+const MAX_HOLD_HANDSHAKING: usize = 128;
 
 /// How often timeouts and the hold mode's request times are checked.
 const SCAN_INTERVAL: Duration = Duration::from_millis(50);
@@ -357,7 +365,7 @@ impl<'a> Worker<'a> {
             Workload::Hold { .. } => {
                 let ramped = (now - self.start).as_secs_f64() * self.share.rate;
                 let target = (ramped as usize + 1).min(self.share.connections);
-                while self.hold_opened < target {
+                while self.hold_opened < target && self.handshaking < MAX_HOLD_HANDSHAKING {
                     self.hold_opened += 1;
                     self.open_one(now);
                 }
@@ -524,6 +532,15 @@ impl<'a> Worker<'a> {
             return;
         }
         self.hold_reported = true;
+        if let (
+            Workload::Hold {
+                hold: Some(hold), ..
+            },
+            false,
+        ) = (&self.plan.workload, at_end)
+        {
+            self.deadline = self.deadline.min(Instant::now() + *hold);
+        }
         eprintln!(
             "tlsplice-load: hold: established {} of {} connections, {} errors",
             self.open,

@@ -90,9 +90,12 @@ enum Mode {
         /// Seconds between two requests on one connection.
         #[arg(long, default_value_t = 5.0)]
         interval: f64,
-        /// New connections per second while opening.
+        /// New connections per second while opening (at most 128 handshakes in progress per thread).
         #[arg(long, default_value_t = 2000.0)]
         ramp_rate: f64,
+        /// Seconds to keep the connections once all are established; --duration still caps the run.
+        #[arg(long)]
+        hold: Option<f64>,
     },
     /// Run a small HTTP/1.1 backend that serves GET /bytes/N and drops request bodies.
     Sink {
@@ -247,6 +250,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             connections,
             interval,
             ramp_rate,
+            hold,
         } => {
             let workload = Workload::Hold {
                 connections: positive(connections, "--connections")?,
@@ -258,6 +262,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                         "invalid --ramp-rate {ramp_rate}: expected a positive number"
                     ));
                 },
+                hold: hold.map(|h| seconds(h, "--hold")).transpose()?,
             };
             ("hold", common, workload, "GET", 0, false)
         }
