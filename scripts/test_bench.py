@@ -1,21 +1,18 @@
-"""Unit tests for the summary, baseline and output code of scripts/bench.
+"""Unit tests for the summary, baseline and output code of scripts/bench (benchlib).
 
 Run with: python3 -m unittest discover -s scripts -p 'test_*.py'
 """
 
-import importlib.machinery
-import importlib.util
 import json
 import os
+import sys
 import tempfile
 import unittest
 import xml.etree.ElementTree as ElementTree
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-_loader = importlib.machinery.SourceFileLoader("bench", os.path.join(HERE, "bench"))
-_spec = importlib.util.spec_from_loader("bench", _loader)
-bench = importlib.util.module_from_spec(_spec)
-_loader.exec_module(bench)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from benchlib import baseline, report, system  # noqa: E402
 
 
 def load_report(**fields):
@@ -41,7 +38,7 @@ RUNS = [
 
 class SummaryTest(unittest.TestCase):
     def test_per_cpu_ratio(self):
-        summary = bench.summarize(RUNS, ["haproxy", "stunnel"])
+        summary = report.summarize(RUNS, ["haproxy", "stunnel"])
         entry = summary["full_handshakes_per_cpu_s"]
         self.assertEqual(entry["haproxy"]["value"], 2000.0)
         self.assertEqual(entry["stunnel"]["value"], 1000.0)
@@ -50,16 +47,16 @@ class SummaryTest(unittest.TestCase):
 
     def test_median_over_rounds(self):
         runs = [run("keepalive", "haproxy", 1.0, requests=n) for n in (100, 300, 200)]
-        summary = bench.summarize(runs, ["haproxy"])
+        summary = report.summarize(runs, ["haproxy"])
         self.assertEqual(summary["keepalive_requests_per_cpu_s"]["haproxy"]["value"], 200.0)
         self.assertEqual(summary["keepalive_requests_per_cpu_s"]["haproxy"]["rounds"], 3)
 
     def test_zero_cpu_skipped(self):
-        summary = bench.summarize([run("handshake", "haproxy", 0.0, handshakes=10)], ["haproxy"])
+        summary = report.summarize([run("handshake", "haproxy", 0.0, handshakes=10)], ["haproxy"])
         self.assertNotIn("haproxy", summary["full_handshakes_per_cpu_s"])
 
     def test_failed_run_ignored(self):
-        summary = bench.summarize(RUNS, ["haproxy", "stunnel"])
+        summary = report.summarize(RUNS, ["haproxy", "stunnel"])
         self.assertEqual(summary["download_bytes_per_cpu_s"], {})
 
 
@@ -71,50 +68,61 @@ class BaselineTest(unittest.TestCase):
     def tearDown(self):
         self.dir.cleanup()
 
-    def write(self, ratios, tolerance=0.25):
+    def write(self, ratios, tolerances=None):
         with open(self.path, "w") as out:
-            json.dump({"tolerance": tolerance, "ratios": ratios}, out)
+            json.dump({"tolerances": tolerances or {}, "ratios": ratios}, out)
 
     def test_throughput_drop_regresses(self):
         self.write({"full_handshakes_per_cpu_s": {"stunnel": 0.8}})
-        summary = bench.summarize(RUNS, ["haproxy", "stunnel"])
-        regressions = bench.compare_with_baseline(summary, self.path, 0.25)
+        summary = report.summarize(RUNS, ["haproxy", "stunnel"])
+        regressions = baseline.compare_with_baseline(summary, self.path, 0.25)
         self.assertEqual(len(regressions), 1)
         self.assertIn("full_handshakes_per_cpu_s", regressions[0])
 
     def test_throughput_within_tolerance(self):
         self.write({"full_handshakes_per_cpu_s": {"stunnel": 0.6}})
-        summary = bench.summarize(RUNS, ["haproxy", "stunnel"])
-        self.assertEqual(bench.compare_with_baseline(summary, self.path, 0.25), [])
+        summary = report.summarize(RUNS, ["haproxy", "stunnel"])
+        self.assertEqual(baseline.compare_with_baseline(summary, self.path, 0.25), [])
 
     def test_latency_rise_regresses(self):
-        self.write({"latency_p99_us": {"stunnel": 2.0}})
-        summary = bench.summarize(RUNS, ["haproxy", "stunnel"])
-        self.assertEqual(len(bench.compare_with_baseline(summary, self.path, 0.25)), 1)
+        self.write({"latency_p99_us": {"stunnel": 2.0}}, {"latency_p99_us": 0.25})
+        summary = report.summarize(RUNS, ["haproxy", "stunnel"])
+        self.assertEqual(len(baseline.compare_with_baseline(summary, self.path)), 1)
+
+    def test_stored_tolerance_used(self):
+        self.write({"latency_p99_us": {"stunnel": 2.0}}, {"latency_p99_us": 1.0})
+        summary = report.summarize(RUNS, ["haproxy", "stunnel"])
+        self.assertEqual(baseline.compare_with_baseline(summary, self.path), [])
+
+    def test_override_beats_stored_tolerance(self):
+        self.write({"latency_p99_us": {"stunnel": 2.0}}, {"latency_p99_us": 1.0})
+        summary = report.summarize(RUNS, ["haproxy", "stunnel"])
+        self.assertEqual(len(baseline.compare_with_baseline(summary, self.path, 0.25)), 1)
 
     def test_latency_drop_passes(self):
         self.write({"latency_p99_us": {"stunnel": 5.0}})
-        summary = bench.summarize(RUNS, ["haproxy", "stunnel"])
-        self.assertEqual(bench.compare_with_baseline(summary, self.path, 0.25), [])
+        summary = report.summarize(RUNS, ["haproxy", "stunnel"])
+        self.assertEqual(baseline.compare_with_baseline(summary, self.path, 0.25), [])
 
     def test_missing_proxy_passes(self):
         self.write({"full_handshakes_per_cpu_s": {"tlsplice": 1.5}})
-        summary = bench.summarize(RUNS, ["haproxy", "stunnel"])
-        self.assertEqual(bench.compare_with_baseline(summary, self.path, 0.25), [])
+        summary = report.summarize(RUNS, ["haproxy", "stunnel"])
+        self.assertEqual(baseline.compare_with_baseline(summary, self.path, 0.25), [])
 
     def test_missing_baseline_passes(self):
-        summary = bench.summarize(RUNS, ["haproxy", "stunnel"])
-        self.assertEqual(bench.compare_with_baseline(summary, self.path + ".none", 0.25), [])
+        summary = report.summarize(RUNS, ["haproxy", "stunnel"])
+        self.assertEqual(baseline.compare_with_baseline(summary, self.path + ".none", 0.25), [])
 
     def test_written_baseline_round_trips(self):
-        summary = bench.summarize(RUNS, ["haproxy", "stunnel"])
-        bench.write_baseline(summary, self.path, 0.2, "test.json")
+        summary = report.summarize(RUNS, ["haproxy", "stunnel"])
+        baseline.write_baseline(summary, self.path, "test.json")
         with open(self.path) as baseline_file:
-            baseline = json.load(baseline_file)
-        self.assertEqual(baseline["tolerance"], 0.2)
-        self.assertEqual(baseline["ratios"]["full_handshakes_per_cpu_s"], {"stunnel": 0.5})
-        self.assertNotIn("haproxy", baseline["ratios"]["full_handshakes_per_cpu_s"])
-        self.assertEqual(bench.compare_with_baseline(summary, self.path, 0.2), [])
+            written = json.load(baseline_file)
+        self.assertEqual(written["tolerances"], baseline.GATED_METRICS)
+        self.assertNotIn("latency_p99_us", written["ratios"])
+        self.assertEqual(written["ratios"]["full_handshakes_per_cpu_s"], {"stunnel": 0.5})
+        self.assertNotIn("haproxy", written["ratios"]["full_handshakes_per_cpu_s"])
+        self.assertEqual(baseline.compare_with_baseline(summary, self.path), [])
 
 
 class OutputTest(unittest.TestCase):
@@ -130,13 +138,13 @@ class OutputTest(unittest.TestCase):
             "versions": {"haproxy": "2.6"},
             "wrk_check": {"skipped": "needs haproxy and wrk"},
             "notes": ["tlsplice was not measured: not built"],
-            "summary": bench.summarize(RUNS, ["haproxy", "stunnel"]),
+            "summary": report.summarize(RUNS, ["haproxy", "stunnel"]),
         }
 
     def test_svg_is_well_formed(self):
         with tempfile.TemporaryDirectory() as directory:
             path = os.path.join(directory, "chart.svg")
-            bench.write_svg(path, self.result())
+            report.write_svg(path, self.result())
             root = ElementTree.parse(path).getroot()
         self.assertTrue(root.tag.endswith("svg"))
         texts = [element.text for element in root.iter() if element.tag.endswith("text")]
@@ -145,7 +153,7 @@ class OutputTest(unittest.TestCase):
     def test_markdown_has_ratio_column(self):
         with tempfile.TemporaryDirectory() as directory:
             path = os.path.join(directory, "table.md")
-            bench.write_markdown(path, self.result())
+            report.write_markdown(path, self.result())
             with open(path) as table:
                 text = table.read()
         self.assertIn("| metric | haproxy | stunnel | stunnel / haproxy |", text)
@@ -155,9 +163,9 @@ class OutputTest(unittest.TestCase):
 
 class ProcTest(unittest.TestCase):
     def test_own_process_readings(self):
-        self.assertGreater(bench.rss_bytes(os.getpid()), 0)
-        self.assertGreaterEqual(bench.cpu_seconds(os.getpid()), 0.0)
-        self.assertIn(os.getpid(), bench.process_tree(os.getpid()))
+        self.assertGreater(system.rss_bytes(os.getpid()), 0)
+        self.assertGreaterEqual(system.cpu_seconds(os.getpid()), 0.0)
+        self.assertIn(os.getpid(), system.process_tree(os.getpid()))
 
 
 if __name__ == "__main__":
