@@ -221,6 +221,36 @@ fn bulk_upload_counts_bytes() {
 }
 
 #[test]
+fn bulk_upload_early_response() {
+    // The sink responds to /early before the body arrives, as nginx does for
+    // `return`. The client must finish the body before its next request. The body
+    // is larger than loopback socket buffers, so the response arrives mid-body.
+    let sink = Sink::start("early");
+    let (code, report) = run_load(&[
+        "bulk",
+        "--connect",
+        &sink.addr,
+        "--insecure",
+        "--direction",
+        "upload",
+        "--bytes",
+        "32000000",
+        "--path",
+        "/early",
+        "--requests",
+        "3",
+        "--connections",
+        "1",
+        "--duration",
+        "60",
+    ]);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(count(&report, "errors"), 0);
+    assert_eq!(count(&report, "requests"), 3);
+    assert_eq!(count(&report, "bytes_sent"), 3 * 32_000_000);
+}
+
+#[test]
 fn latency_mode_sends_at_rate() {
     let sink = Sink::start("latency");
     let (code, report) = run_load(&[

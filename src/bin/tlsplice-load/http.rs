@@ -87,6 +87,15 @@ impl MessageParser {
         }
     }
 
+    /// Returns the parsed head once it is complete, also while the body is still
+    /// arriving.
+    pub fn head(&self) -> Option<&Head> {
+        match &self.state {
+            State::Head(_) => None,
+            State::Body { head, .. } => Some(head),
+        }
+    }
+
     /// Feeds received bytes. After `Done`, the bytes past `consumed` belong to the
     /// next message and the parser must be replaced.
     pub fn feed(&mut self, data: &[u8]) -> Result<Progress, HttpError> {

@@ -1,7 +1,8 @@
 //! `sink`: a small HTTP/1.1 backend for uploads and for tests.
 //!
 //! It responds to `GET /bytes/N` with N bytes, any other request with `ok\n`, and reads
-//! and drops request bodies. With a certificate and key it speaks TLS, so the client
+//! and drops request bodies. `POST /early` gets its response as soon as the request
+//! head arrives, before the body, as nginx does for `return`. With a certificate and key it speaks TLS, so the client
 //! modes can be tested without a proxy. It runs on one thread and stops after its
 //! duration.
 
@@ -40,6 +41,8 @@ struct Response {
 struct Conn {
     stream: Stream,
     parser: MessageParser,
+    /// The current request's response was queued before its body arrived.
+    responded_early: bool,
     responses: VecDeque<Response>,
 }
 
@@ -134,6 +137,7 @@ fn accept_all(
         conns[slot] = Some(Conn {
             stream: Stream::new(sock, tls),
             parser: MessageParser::request(),
+            responded_early: false,
             responses: VecDeque::new(),
         });
     }
@@ -152,9 +156,18 @@ fn serve(conn: &mut Conn, input: &mut Vec<u8>) -> io::Result<()> {
             .feed(rest)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
         let Progress::Done { head, consumed } = progress else {
+            let early = conn.parser.head().is_some_and(|h| h.path == "/early");
+            if early && !conn.responded_early {
+                let response = response_for(conn.parser.head().expect("checked above"));
+                conn.responses.push_back(response);
+                conn.responded_early = true;
+            }
             break;
         };
-        conn.responses.push_back(response_for(&head));
+        if !conn.responded_early {
+            conn.responses.push_back(response_for(&head));
+        }
+        conn.responded_early = false;
         conn.parser = MessageParser::request();
         rest = &rest[consumed..];
     }
