@@ -657,3 +657,41 @@ pub fn https_get(
     let _ = stream.read_to_string(&mut response);
     response
 }
+
+/// Runs `ip` with `args`; panics with its error output on failure.
+pub fn ip(args: &[&str]) {
+    let output = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("the ip command runs");
+    assert!(
+        output.status.success(),
+        "ip {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Network namespaces created by a test, deleted on drop.
+pub struct Namespaces(pub Vec<String>);
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for name in &self.0 {
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
+        }
+    }
+}
+
+impl Proxy {
+    /// Starts tlsplice inside network namespace `namespace`.
+    pub fn start_in_namespace(namespace: &str, config: &str) -> Proxy {
+        let dir = TempDir::new("proxy-ns");
+        let text = format!("foreground = yes\nsyslog = no\ndebug = info\n{config}");
+        let path = dir.write("tlsplice.conf", &text);
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", namespace, binary()])
+            .arg(&path);
+        Proxy::spawn(&mut command, 1, dir)
+    }
+}
