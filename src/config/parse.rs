@@ -59,7 +59,7 @@ pub(super) fn parse_with(
     parser.finish()
 }
 
-/// What every check needs besides the line itself.
+/// The file name and resolver that every check needs besides the line itself.
 struct Context {
     file: Option<PathBuf>,
     resolve: Resolver,
@@ -420,7 +420,8 @@ impl Parser {
 
 const DEFAULT_SERVICE: &str = "default";
 const MAX_THREADS: usize = 1024;
-/// Highest `maxconn`; the number must fit the runtime's 32-bit connection slots.
+/// Highest `maxconn`.
+// NOTE: chosen to fit a u32, not measured; the open-file limit is usually lower.
 const MAX_CONNECTIONS: usize = u32::MAX as usize;
 
 /// Checks one service option and stores it in `scope`.

@@ -79,7 +79,7 @@ impl Drop for TempDir {
     }
 }
 
-/// A minimal valid section-less configuration with extra lines appended.
+/// Builds a minimal valid section-less configuration with `extra` lines appended.
 fn minimal(dir: &TempDir, extra: &str) -> String {
     format!(
         "accept = 8443\nconnect = 127.0.0.1:8080\ncert = {}\nkey = {}\n{extra}",

@@ -14,7 +14,7 @@ use crate::sys::user;
 /// Resolves a host name and port to socket addresses; tests substitute a fake.
 pub type Resolver = fn(&str, u16) -> io::Result<Vec<SocketAddr>>;
 
-/// Resolves through the C library (`/etc/hosts`, then DNS, as nsswitch.conf says).
+/// Resolves through the C library, which consults the sources that nsswitch.conf lists.
 pub fn system_resolve(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
     Ok((host, port).to_socket_addrs()?.collect())
 }
@@ -22,7 +22,7 @@ pub fn system_resolve(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
 /// Whether an address may use port 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PortZero {
-    /// A listener: port 0 asks the kernel for an ephemeral port.
+    /// A listener: with port 0 the kernel picks an ephemeral port.
     Allowed,
     /// A backend: port 0 cannot be connected to.
     Rejected,
@@ -222,7 +222,7 @@ pub fn debug(value: &str) -> Result<(Option<String>, LogLevel), String> {
     }
 }
 
-/// Which end of the version range an `sslVersion*` value sets; `all` means the
+/// The end of the version range that an `sslVersion*` value sets. `all` means the
 /// lowest version for `Min` and the highest for `Max`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bound {
