@@ -221,7 +221,7 @@ impl Parser {
             return Err(self.context.error(
                 number,
                 format!(
-                    "duplicate section [{name}]; the first is on line {}; rename one of them",
+                    "duplicate section [{name}], first defined on line {}; rename one of them",
                     first.header_line
                 ),
             ));
@@ -263,7 +263,7 @@ impl Parser {
                 entry,
                 format!("`{canonical}` is a global option; move it above the first [section]"),
             )),
-            (Scope::Global, None) => self.global_option(opt, entry),
+            (Scope::Global, None) => self.global_option(canonical, opt, entry),
             (Scope::Service, Some(section)) => service_option(&self.context, section, opt, entry),
             (Scope::Service, None) => service_option(&self.context, &mut self.defaults, opt, entry),
         }
@@ -288,11 +288,15 @@ impl Parser {
         self.context.error_at(entry, message)
     }
 
-    fn global_option(&mut self, opt: Opt, entry: &Entry) -> Result<(), ConfigError> {
+    fn global_option(
+        &mut self,
+        canonical: &'static str,
+        opt: Opt,
+        entry: &Entry,
+    ) -> Result<(), ConfigError> {
         let context = &self.context;
         let global = &mut self.global;
-        let field = options::lookup(&entry.option).map_or("", |(canonical, _, _)| canonical);
-        self.defaults.mark(context, field, entry)?;
+        self.defaults.mark(context, canonical, entry)?;
 
         let value = entry.value.as_str();
         match opt {

@@ -201,6 +201,15 @@ fn comments_blank_lines_and_spacing() {
 }
 
 #[test]
+fn crlf_lines_and_semicolon_in_value() {
+    let dir = TempDir::new();
+    let text = minimal(&dir, "alpn = h2;x\r\n").replace('\n', "\r\n");
+    let service = only_service(&parse(&text).unwrap()).clone();
+    assert_eq!(service.accept, inet("[::]:8443"));
+    assert_eq!(service.alpn, vec!["h2;x".to_string()]);
+}
+
+#[test]
 fn option_names_ignore_case() {
     let dir = TempDir::new();
     let text = minimal(
@@ -1171,7 +1180,7 @@ fn error_duplicate_sections() {
     );
     assert_eq!(
         error_text(&format!("[web]\n{body}[web]\n{body}")),
-        format!("{FILE}:5: duplicate section [web]; the first is on line 1; rename one of them")
+        format!("{FILE}:5: duplicate section [web], first defined on line 1; rename one of them")
     );
     assert_eq!(
         error_text(&format!("{body}[default]\n{body}")),

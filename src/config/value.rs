@@ -1,7 +1,8 @@
 //! Parsers for option values. Each returns the parsed value or the message part of
 //! a `ConfigError`; the caller adds the file, line, option and value.
 
-use std::io;
+use std::fs::File;
+use std::io::{self, Read};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -465,9 +466,12 @@ pub fn group_name(value: &str) -> Result<(), String> {
     }
 }
 
-/// Checks that a certificate or key file can be opened and read.
+/// Checks that a certificate or key file can be opened and read. It reads one
+/// byte, so a device such as `/dev/zero` given by mistake cannot stall startup.
 pub fn readable_file(path: &Path) -> Result<(), String> {
-    std::fs::read(path)
+    let mut first_byte = [0u8; 1];
+    File::open(path)
+        .and_then(|mut file| file.read(&mut first_byte))
         .map(drop)
         .map_err(|err| format!("failed to read file: {err}; check the path and its permissions"))
 }
