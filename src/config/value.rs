@@ -159,12 +159,12 @@ pub fn seconds(value: &str, example: u64, zero_allowed: bool) -> Result<Duration
     Ok(Duration::from_secs(secs))
 }
 
-/// Parses a whole number from `min` to `max`; `what` names the quantity.
-pub fn count(value: &str, what: &str, min: usize, max: usize) -> Result<usize, String> {
+/// Parses a whole number from `min` to `max`; `quantity` names it in the error message.
+pub fn count(value: &str, quantity: &str, min: usize, max: usize) -> Result<usize, String> {
     match value.parse::<usize>() {
         Ok(n) if (min..=max).contains(&n) => Ok(n),
         _ => Err(format!(
-            "invalid {what}; use a whole number from {min} to {max}"
+            "invalid {quantity}; use a whole number from {min} to {max}"
         )),
     }
 }
