@@ -233,6 +233,18 @@ fn config_errors_name_file_line_option_and_value() {
         }
     }
 
+    // Transparent mode needs a capability that setuid drops.
+    let (code, stderr) = run_config(
+        &dir,
+        &format!("setuid = nobody\n{head}{good_cert}transparent = source\n"),
+    );
+    assert_eq!(code, 3, "{stderr}");
+    assert!(stderr.contains("transparent = source"), "{stderr}");
+    assert!(
+        stderr.contains("remove setuid or the transparent option"),
+        "{stderr}"
+    );
+
     // A valid configuration passes --check.
     let (code, stderr) = run_config(&dir, &format!("{head}{good_cert}"));
     assert_eq!(code, 0, "{stderr}");

@@ -121,6 +121,7 @@ pub fn probe_io_uring() -> Result<(), RunError> {
 
 /// Loads every service's certificates and TLS settings, without starting anything.
 pub fn load_services(config: &Config) -> Result<Vec<Service>, RunError> {
+    check_combinations(config)?;
     config
         .services
         .iter()
@@ -134,8 +135,29 @@ pub fn load_services(config: &Config) -> Result<Vec<Service>, RunError> {
         .collect()
 }
 
+/// Rejects option combinations that parse but cannot work at run time.
+fn check_combinations(config: &Config) -> Result<(), ConfigError> {
+    let Some(user) = &config.global.setuid else {
+        return Ok(());
+    };
+    match config.services.iter().find(|service| service.transparent_source) {
+        Some(service) => Err(ConfigError {
+            file: config.source.clone(),
+            line: 0,
+            option: Some("transparent".into()),
+            value: Some("source".into()),
+            message: format!(
+                "service [{}] needs CAP_NET_ADMIN for transparent mode, which `setuid = {user}` drops; remove setuid or the transparent option",
+                service.name
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Runs the terminator until SIGTERM or SIGINT.
 pub fn run(config: Config) -> Result<(), RunError> {
+    check_combinations(&config)?;
     probe_io_uring()?;
     let mut services = load_services(&config)?;
     let global = &config.global;
@@ -143,8 +165,8 @@ pub fn run(config: Config) -> Result<(), RunError> {
     crate::log::init(
         global.debug,
         global.output.as_deref(),
-        global.foreground && global.output.is_some(),
-        global.syslog,
+        global.log_stderr && global.output.is_some(),
+        global.syslog.then_some(global.syslog_facility.as_str()),
     )
     .map_err(io_error("cannot start logging"))?;
     match crate::sys::raise_fd_limit() {
