@@ -14,7 +14,7 @@ const PROXY_BACK_IP: &str = "203.0.113.1";
 const BACKEND_IP: &str = "203.0.113.2";
 
 /// Builds the three namespaces. Replies from the backend to the client's
-/// address arrive at the tlsplice host on `p1`; policy routing delivers them
+/// address arrive at the tlsplice host on `p1`, and policy routing delivers them
 /// locally, to the socket that IP_TRANSPARENT bound to the client's address.
 fn build_network() -> (Namespaces, String, String, String) {
     let tag = std::process::id();

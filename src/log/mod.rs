@@ -26,7 +26,7 @@ pub use time::format_rfc3339;
 
 use crate::config::LogLevel;
 
-/// Where log lines go. Set once at start; reopened on SIGHUP.
+/// Destinations of log lines, set at start; the file is reopened on SIGHUP.
 struct Sink {
     output_path: Option<PathBuf>,
     /// The output file, or None for stderr.
@@ -206,8 +206,8 @@ fn syslog_datagram(level: LogLevel, line: &str) -> String {
     format!("<{priority}>tlsplice[{}]: {message}", std::process::id())
 }
 
-/// The syslog facility number for a name the configuration accepted; the
-/// numbers are those of RFC 5424.
+/// Maps a facility name that the configuration accepted to its number, as
+/// RFC 5424 assigns them.
 fn facility_code(name: &str) -> u8 {
     match name {
         "kern" => 0,

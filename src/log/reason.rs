@@ -1,6 +1,6 @@
 use std::fmt;
 
-/// Why a connection ended, as written in the `reason=` field of its log line.
+/// Cause of a connection's end, as written in the `reason=` field of its log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum CloseReason {
@@ -55,7 +55,7 @@ impl CloseReason {
         CloseReason::Internal,
     ];
 
-    /// The stable name used in logs and metrics labels.
+    /// Returns the stable name used in logs and metrics labels.
     pub fn as_str(self) -> &'static str {
         match self {
             CloseReason::Done => "done",

@@ -15,12 +15,11 @@ mod worker;
 
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use crate::config::{Address, Config, ConfigError};
+use crate::config::{Config, ConfigError};
 use crate::metrics::{Collector, HistogramLogger, Registry, StatsServer, StatsServerOptions};
 use crate::sys::ring::{Ring, RingConfig};
 use crate::tls::ServiceTls;
@@ -41,7 +40,7 @@ pub struct Shared {
     pub stopping: AtomicBool,
 }
 
-/// Why tlsplice could not start or stopped with an error.
+/// A start-up or run-time failure, by cause.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum RunError {
@@ -327,7 +326,8 @@ fn run_workers(
     failure.map_or(Ok(()), Err)
 }
 
-/// Handles signals until SIGTERM or SIGINT, then tells the workers to stop.
+/// Handles signals until SIGTERM or SIGINT, then sets the stop flag and wakes the
+/// workers.
 fn wait_for_stop(shared: &Shared, wakers: &[std::os::fd::OwnedFd], registry: &Registry) {
     loop {
         let Some(signal) = crate::sys::wait_signal(Duration::from_secs(1)) else {
@@ -454,18 +454,4 @@ fn daemonize() -> Result<io::PipeWriter, RunError> {
             Ok(writer)
         }
     }
-}
-
-/// Where a service listens, for tests and start-up messages.
-pub fn bound_address(service: &Service) -> &Address {
-    &service.config.accept
-}
-
-/// The pid file path as seen before chroot, for messages.
-pub fn pid_path_outside(global: &crate::config::Global) -> Option<PathBuf> {
-    let pid = global.pid.as_ref()?;
-    Some(match &global.chroot {
-        Some(root) => root.join(pid.strip_prefix("/").unwrap_or(pid)),
-        None => pid.clone(),
-    })
 }

@@ -83,7 +83,7 @@ impl Worker {
             }
         }
         // Receive buffers go back to the ring as soon as their completion is
-        // handled, so a few hundred serve many thousands of connections; a
+        // handled, so a few hundred serve many thousands of connections. A
         // receive that finds none waits in `starved` until one returns.
         let ring = Ring::new(RingConfig {
             entries: 1024,
@@ -175,7 +175,7 @@ impl Worker {
         }
     }
 
-    /// Gives back what a completion holds when nobody will use it.
+    /// Returns a completion's buffers to their pools when no connection takes them.
     fn release(&mut self, completion: Completion) {
         if let Some(buf) = completion.received {
             self.ring.recycle(buf);

@@ -116,8 +116,8 @@ pub fn version_name(version: rustls::ProtocolVersion) -> &'static str {
     }
 }
 
-/// The OpenSSL name of a cipher suite, as PROXY protocol consumers such as
-/// haproxy and nginx expect in the SSL TLV. Suites without a known OpenSSL name
+/// Returns the OpenSSL name of a cipher suite, which PROXY protocol consumers such
+/// as haproxy and nginx expect in the SSL TLV. Suites without a known OpenSSL name
 /// fall back to the IANA name rustls uses.
 pub fn openssl_cipher_name(suite: rustls::SupportedCipherSuite) -> &'static str {
     use rustls::CipherSuite as Suite;
