@@ -209,11 +209,13 @@ fn start_jailed(
     cpus: &[usize],
     ready: &mut Option<io::PipeWriter>,
 ) -> Result<(), RunError> {
+    // Signals are blocked before any thread starts, so every thread inherits the
+    // mask and only the main thread's sigtimedwait receives them.
+    crate::sys::block_signals().map_err(io_error("cannot block signals"))?;
     // Metrics threads start after the fork, which keeps only the calling thread,
     // and before the chroot, so the stats port and histogram log can be opened.
     let metrics = start_metrics(global, &services)?;
     let pid_file = privileges::drop_privileges(global).map_err(RunError::Privileges)?;
-    crate::sys::block_signals().map_err(io_error("cannot block signals"))?;
 
     for service in &services {
         notice!(

@@ -237,6 +237,12 @@ impl Proxy {
         )
     }
 
+    /// Starts a command that runs tlsplice, such as a wrapper that sets limits.
+    pub fn start_command(command: &mut Command, services: usize) -> Proxy {
+        let dir = TempDir::new("proxy");
+        Proxy::spawn(command, services, dir)
+    }
+
     /// Starts tlsplice with command-line arguments.
     pub fn start_args(args: &[&str], services: usize) -> Proxy {
         let dir = TempDir::new("proxy");
