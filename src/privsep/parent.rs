@@ -91,7 +91,7 @@ pub fn run(config: &Config, ready: &mut Option<io::PipeWriter>) -> Result<(), Ru
         }
     }
 
-    let pid_file = crate::runtime::pid_path_outside(global);
+    let pid_file = pid_path_outside(global);
     if let Some(path) = &pid_file {
         std::fs::write(path, format!("{}\n", std::process::id())).map_err(|error| {
             RunError::Io {
@@ -133,6 +133,16 @@ pub fn run(config: &Config, ready: &mut Option<io::PipeWriter>) -> Result<(), Ru
         }
     }
     result
+}
+
+/// The pid file's path: the configured one, inside `chroot` when one is set,
+/// because the jailed single-process model writes it after entering the chroot.
+fn pid_path_outside(global: &Global) -> Option<PathBuf> {
+    let pid = global.pid.as_ref()?;
+    Some(match &global.chroot {
+        Some(root) => root.join(pid.strip_prefix("/").unwrap_or(pid)),
+        None => pid.clone(),
+    })
 }
 
 type KeyChannels = (OwnedFd, Vec<OwnedFd>);

@@ -83,6 +83,11 @@ pub fn run(
         wake: wake_worker,
         maxconn: start.maxconn,
         shutdown_timeout: start.shutdown_timeout,
+        // Recorded but not exported: `stats` and `histogram_log` need privsep off.
+        metrics: crate::metrics::Registry::new(
+            services.iter().map(|service| service.name.clone()).collect(),
+        )
+        .register_worker(),
         restricted_ring: true,
     };
     let probe = start.first_start && index == 0;
