@@ -92,34 +92,48 @@ fn jailed_configuration_runs_unchanged() {
         .trim()
         .parse()
         .unwrap();
-    let status_text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let uid_line = status_text
-        .lines()
-        .find(|line| line.starts_with("Uid:"))
-        .unwrap();
-    let gid_line = status_text
-        .lines()
-        .find(|line| line.starts_with("Gid:"))
-        .unwrap();
-    let uid = id_of("-u");
-    let gid = id_of("-g");
-    assert!(
-        uid_line
-            .split_whitespace()
-            .skip(1)
-            .all(|id| id == uid.to_string()),
-        "{uid_line}"
-    );
-    assert!(
-        gid_line
-            .split_whitespace()
-            .skip(1)
-            .all(|id| id == gid.to_string()),
-        "{gid_line}"
-    );
-    let root = std::fs::read_link(format!("/proc/{pid}/root")).unwrap();
-    assert_eq!(root, jail);
-    assert!(status_text.contains("NoNewPrivs:\t1"), "{status_text}");
+    // With privilege separation (on by default as root) the pid file names the
+    // parent, which keeps root; its key process and workers are the jailed ones.
+    let children: Vec<u32> = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(|child| child.parse().unwrap())
+        .collect();
+    let jailed_pids = if children.is_empty() {
+        vec![pid]
+    } else {
+        children
+    };
+    for jailed in jailed_pids {
+        let status_text = std::fs::read_to_string(format!("/proc/{jailed}/status")).unwrap();
+        let uid_line = status_text
+            .lines()
+            .find(|line| line.starts_with("Uid:"))
+            .unwrap();
+        let gid_line = status_text
+            .lines()
+            .find(|line| line.starts_with("Gid:"))
+            .unwrap();
+        let uid = id_of("-u");
+        let gid = id_of("-g");
+        assert!(
+            uid_line
+                .split_whitespace()
+                .skip(1)
+                .all(|id| id == uid.to_string()),
+            "{uid_line}"
+        );
+        assert!(
+            gid_line
+                .split_whitespace()
+                .skip(1)
+                .all(|id| id == gid.to_string()),
+            "{gid_line}"
+        );
+        let root = std::fs::read_link(format!("/proc/{jailed}/root")).unwrap();
+        assert_eq!(root, jail);
+        assert!(status_text.contains("NoNewPrivs:\t1"), "{status_text}");
+    }
 
     // The log file outside the jail names the listening address.
     let deadline = Instant::now() + WAIT;

@@ -85,7 +85,10 @@ pub fn run(
         shutdown_timeout: start.shutdown_timeout,
         // Recorded but not exported: `stats` and `histogram_log` need privsep off.
         metrics: crate::metrics::Registry::new(
-            services.iter().map(|service| service.name.clone()).collect(),
+            services
+                .iter()
+                .map(|service| service.name.clone())
+                .collect(),
         )
         .register_worker(),
         restricted_ring: true,
