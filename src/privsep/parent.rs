@@ -64,6 +64,8 @@ struct Parent<'a> {
     worker_ids: Ids,
     key_pid: libc::pid_t,
     control: Option<OwnedFd>,
+    /// Workers replaced on SIGHUP that are still draining.
+    draining: Vec<libc::pid_t>,
 }
 
 /// Runs the parent: starts the key process and the workers, then supervises them
@@ -124,6 +126,7 @@ pub fn run(config: &Config, ready: &mut Option<io::PipeWriter>) -> Result<(), Ru
         worker_ids,
         key_pid,
         control: Some(control),
+        draining: Vec::new(),
     };
 
     let result = parent.start_and_supervise(count, ready);
@@ -447,12 +450,12 @@ impl Parent<'_> {
                     );
                     return Ok(());
                 }
-                Some(libc::SIGHUP) => match crate::log::reopen() {
-                    Ok(()) => notice!("log file reopened"),
-                    Err(err) => warning!(
-                        "cannot reopen the log file ({err}); still writing to the open file"
-                    ),
-                },
+                Some(libc::SIGHUP) => self.reopen_log(),
+                Some(libc::SIGUSR1) => {
+                    for pid in self.workers.iter().filter_map(|slot| slot.pid) {
+                        let _ = process::kill(pid, libc::SIGUSR1);
+                    }
+                }
                 _ => {}
             }
             while let Some((pid, reason)) = process::reap_child() {
@@ -469,8 +472,31 @@ impl Parent<'_> {
         }
     }
 
+    /// Reopens the log, then replaces every worker: each old one drains under
+    /// SIGTERM and writes to the old file until it exits, and its successor
+    /// inherits the reopened file and the same listening sockets.
+    fn reopen_log(&mut self) {
+        if let Err(err) = crate::log::reopen() {
+            warning!("cannot reopen the log file ({err}); still writing to the open file");
+            return;
+        }
+        for index in 0..self.workers.len() {
+            let Some(old) = self.workers[index].pid.take() else {
+                continue;
+            };
+            let _ = process::kill(old, libc::SIGTERM);
+            self.draining.push(old);
+            if let Err(err) = self.start_worker(index, false, &mut None) {
+                warning!("{err}");
+                self.workers[index].restart_at = Some(Instant::now() + QUICK_DEATH);
+            }
+        }
+        notice!("log file reopened");
+    }
+
     fn on_worker_exit(&mut self, pid: libc::pid_t, reason: ExitReason) {
         let Some(index) = self.workers.iter().position(|slot| slot.pid == Some(pid)) else {
+            self.draining.retain(|draining| *draining != pid);
             return;
         };
         let slot = &mut self.workers[index];
@@ -524,18 +550,18 @@ impl Parent<'_> {
         }
         let deadline = Instant::now() + self.global.shutdown_timeout + STOP_GRACE;
         let mut killed = false;
-        while self.workers.iter().any(|slot| slot.pid.is_some()) {
+        while self.workers.iter().any(|slot| slot.pid.is_some()) || !self.draining.is_empty() {
             if !killed && Instant::now() >= deadline {
-                for slot in &self.workers {
-                    if let Some(pid) = slot.pid {
-                        warning!("worker pid {pid} did not stop in time; sending SIGKILL");
-                        let _ = process::kill(pid, libc::SIGKILL);
-                    }
+                let pids = self.workers.iter().filter_map(|slot| slot.pid);
+                for pid in pids.chain(self.draining.iter().copied()) {
+                    warning!("worker pid {pid} did not stop in time; sending SIGKILL");
+                    let _ = process::kill(pid, libc::SIGKILL);
                 }
                 killed = true;
             }
             let _ = crate::sys::wait_signal(Duration::from_millis(100));
             while let Some((pid, _)) = process::reap_child() {
+                self.draining.retain(|draining| *draining != pid);
                 for slot in &mut self.workers {
                     if slot.pid == Some(pid) {
                         slot.pid = None;

@@ -76,6 +76,12 @@ pub fn run(
         }
     };
     let (wake_worker, wake_main) = wake;
+    let registry = crate::metrics::Registry::new(
+        services
+            .iter()
+            .map(|service| service.name.clone())
+            .collect(),
+    );
     let config = WorkerConfig {
         index,
         cpu: start.cpu,
@@ -83,14 +89,8 @@ pub fn run(
         wake: wake_worker,
         maxconn: start.maxconn,
         shutdown_timeout: start.shutdown_timeout,
-        // Recorded but not exported: `stats` and `histogram_log` need privsep off.
-        metrics: crate::metrics::Registry::new(
-            services
-                .iter()
-                .map(|service| service.name.clone())
-                .collect(),
-        )
-        .register_worker(),
+        // Reported on SIGUSR1 only: `stats` and `histogram_log` need privsep off.
+        metrics: registry.register_worker(),
         restricted_ring: true,
     };
     let probe = start.first_start && index == 0;
@@ -137,7 +137,7 @@ pub fn run(
         jail_probe();
     }
 
-    wait_for_stop(index, &shared, &wake_main);
+    wait_for_stop(index, &shared, &wake_main, &registry);
     let code = match handle.join() {
         Ok(Ok(())) => 0,
         Ok(Err(err)) => {
@@ -150,19 +150,45 @@ pub fn run(
     crate::sys::exit_now(code)
 }
 
-fn wait_for_stop(index: usize, shared: &Shared, wake: &OwnedFd) {
+fn wait_for_stop(
+    index: usize,
+    shared: &Shared,
+    wake: &OwnedFd,
+    registry: &crate::metrics::Registry,
+) {
+    let mut summary_due: Option<std::time::Instant> = None;
     loop {
-        let Some(signal) = crate::sys::wait_signal(Duration::from_secs(1)) else {
-            continue;
+        let timeout = match summary_due {
+            Some(due) => due.saturating_duration_since(std::time::Instant::now()),
+            None => Duration::from_secs(1),
         };
-        if matches!(signal, libc::SIGTERM | libc::SIGINT) {
-            debug!("worker {index}: received signal {signal}; draining");
-            shared.stopping.store(true, Ordering::Release);
-            let _ = crate::sys::eventfd_signal(wake);
-            return;
+        match crate::sys::wait_signal(timeout) {
+            Some(libc::SIGTERM | libc::SIGINT) => {
+                debug!("worker {index}: received a stop signal; draining");
+                shared.stopping.store(true, Ordering::Release);
+                let _ = crate::sys::eventfd_signal(wake);
+                return;
+            }
+            Some(libc::SIGUSR1) => {
+                // The worker thread publishes on its next tick.
+                registry.request_publish();
+                summary_due = Some(std::time::Instant::now() + SUMMARY_WAIT);
+            }
+            _ => {}
+        }
+        if summary_due.is_some_and(|due| std::time::Instant::now() >= due) {
+            summary_due = None;
+            registry.collect();
+            for line in registry.summary().lines() {
+                crate::notice!("stats: worker {index}: {line}");
+            }
         }
     }
 }
+
+/// How long a worker waits after SIGUSR1 before logging its summary: a little
+/// more than the worker's 250 ms tick, on which it publishes.
+const SUMMARY_WAIT: Duration = Duration::from_millis(300);
 
 /// Applies Landlock with no file allowed to this thread and the threads it starts
 /// later; `who` names the process in log lines.
