@@ -55,7 +55,7 @@ fn main() {
     }
     let addr: std::net::SocketAddr = args[1].parse().expect("ADDR is host:port");
     let name = ServerName::try_from(args[2].clone()).expect("SERVER_NAME is a DNS name");
-    let ca = CertificateDer::from_pem_file(&args[3]).expect("CA_PEM holds a certificate");
+    let ca = CertificateDer::from_pem_file(&args[3]).expect("CA_PEM contains a PEM certificate");
     let pid: u32 = args[4].parse().expect("TLSPLICE_PID is a number");
     let count: usize = args[5].parse().expect("COUNT is a number");
     let threads: usize = args[6].parse().expect("THREADS is a number");

@@ -92,8 +92,8 @@ fn jailed_configuration_runs_unchanged() {
         .trim()
         .parse()
         .unwrap();
-    // With privilege separation (on by default as root) the pid file names the
-    // parent, which keeps root; its key process and workers are the jailed ones.
+    // With privilege separation, on by default as root, the pid file names the
+    // parent, which keeps root. Its key process and workers are the jailed ones.
     let children: Vec<u32> = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
         .unwrap_or_default()
         .split_whitespace()

@@ -39,7 +39,8 @@ fn children(pid: u32) -> Vec<u32> {
     found
 }
 
-/// A child's role, told by the names of its threads; `None` while it starts.
+/// Returns a child's role, read from the names of its threads, or `None` while
+/// it starts.
 fn role(pid: u32) -> Option<Role> {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
     for task in tasks.flatten() {
@@ -242,8 +243,8 @@ fn worker_memory_holds_no_private_key() {
         needles.push(reversed);
         labels.push(format!("{kind} private number, little-endian"));
     }
-    // The certificate is public and workers hold it: proof that the scan sees
-    // the worker's heap.
+    // The certificate is public and workers keep it, so finding it shows that the
+    // scan reads the worker's heap.
     let end_entity = CertificateDer::from_pem_file(&ecdsa.cert).unwrap();
     needles.push(end_entity.to_vec());
     labels.push("ecdsa certificate".into());
@@ -287,7 +288,14 @@ fn worker_is_jailed_and_filtered() {
 
     let workers = wait_for_workers(&proxy, 2);
     for pid in workers {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        // A restarted worker names its thread before it installs the filter, so
+        // wait until the filter is on (or the deadline passes and the check fails).
+        let deadline = Instant::now() + WAIT;
+        let mut status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        while !status.contains("Seccomp:\t2") && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+            status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        }
         let value = |key: &str| {
             status
                 .lines()

@@ -8,8 +8,8 @@
 //!
 //! It opens no file and no socket after start-up, and its seccomp filter allows
 //! neither. A request that fails to decode, names an unknown key or a scheme the
-//! key does not allow, or arrives past its deadline gets an error reply; the
-//! process keeps serving.
+//! key does not allow, or arrives past its deadline gets an error reply. The
+//! process keeps serving after each of them.
 
 use std::os::fd::OwnedFd;
 use std::path::Path;
@@ -64,7 +64,7 @@ impl HeldKey {
     }
 }
 
-/// What the key process needs from the parent at its start.
+/// The key process's start-up state, prepared by the parent before the fork.
 pub struct KeyStart<'a> {
     pub config: &'a Config,
     /// The key process's end of the control socket pair.
@@ -188,7 +188,7 @@ fn send_or_exit(control: &OwnedFd, message: &StartupMessage) {
 /// warning, the rest at debug level.
 static MALFORMED: AtomicU64 = AtomicU64::new(0);
 
-/// Answers one worker's requests until its socket closes.
+/// Serves one worker's sign requests until its socket closes.
 fn serve(worker: usize, socket: &OwnedFd, keys: &[HeldKey]) {
     let mut buf = vec![0u8; SIGN_PACKET_BUFFER];
     loop {
@@ -223,7 +223,7 @@ fn note_malformed(worker: usize, detail: &str) {
     }
 }
 
-/// Decodes and answers one request packet.
+/// Decodes one request packet and builds its reply, signing when the request is valid.
 pub fn answer(worker: usize, packet: &[u8], keys: &[HeldKey]) -> SignReply {
     let failed = |seq, status| SignReply {
         seq,

@@ -17,15 +17,15 @@ pub mod worker;
 
 use crate::config::Global;
 
-/// Whether privilege separation is on: as configured, or on when started as root
-/// unless metrics export (`stats`, `histogram_log`) is configured.
+/// Tells whether privilege separation is on: as configured, or on when started as
+/// root unless metrics export (`stats`, `histogram_log`) is configured.
 pub fn enabled(global: &Global) -> bool {
     global
         .privsep
         .unwrap_or_else(|| crate::sys::geteuid() == 0 && !exports_metrics(global))
 }
 
-/// Whether `stats` or `histogram_log` is set. Both read the workers' metrics in
+/// Tells whether `stats` or `histogram_log` is set. Both read the workers' metrics in
 /// the same process, so they need `privsep = no`.
 /// TODO: collect metrics from worker processes in the parent.
 pub fn exports_metrics(global: &Global) -> bool {

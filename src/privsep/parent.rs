@@ -138,8 +138,8 @@ pub fn run(config: &Config, ready: &mut Option<io::PipeWriter>) -> Result<(), Ru
     result
 }
 
-/// The pid file's path: the configured one, inside `chroot` when one is set,
-/// because the jailed single-process model writes it after entering the chroot.
+/// Returns the pid file's path: the configured one, inside `chroot` when one is
+/// set, because the jailed single-process model writes it after entering the chroot.
 fn pid_path_outside(global: &Global) -> Option<PathBuf> {
     let pid = global.pid.as_ref()?;
     Some(match &global.chroot {
@@ -231,7 +231,7 @@ fn start_key_process(
     Ok(((control, worker_ends), pid, descriptions))
 }
 
-/// The key process runs as the configured user, or as `nobody` when tlsplice
+/// Resolves the key process's user: the configured one, or `nobody` when tlsplice
 /// starts as root and none is configured.
 fn key_ids(global: &Global) -> Result<Ids, RunError> {
     if global.setuid.is_some() || crate::sys::geteuid() != 0 {

@@ -7,10 +7,10 @@
 //! | key process | socket pair N | sign replies | sign requests |
 //! | clients, backends | sockets | network input | network output |
 //!
-//! Once started it cannot open files (chroot, Landlock with no file allowed, and
-//! a seccomp filter that fails opens with EACCES), cannot exec or start processes
-//! or threads (the filter kills it), and its ring accepts only the opcodes in
-//! [`crate::sys::ring::ALLOWED_OPCODES`].
+//! Once started it cannot open files, because of the chroot, Landlock with no file
+//! allowed, and a seccomp filter that fails opens with EACCES. It cannot exec or
+//! start processes or threads, because the filter kills it. Its ring accepts only
+//! the opcodes in [`crate::sys::ring::ALLOWED_OPCODES`].
 
 use std::io::{self, Write};
 use std::os::fd::OwnedFd;
@@ -27,11 +27,11 @@ use crate::{debug, warning};
 
 /// Environment variable of the jail self-test, compiled into debug builds only.
 /// When it names a file, worker 0's first start tries to open that file and to
-/// exec it, and logs each outcome; the exec attempt is a syscall outside the
-/// filter, so it ends the worker with SIGSYS. Production builds ignore it.
+/// exec it, and logs each outcome. The exec is a syscall outside the filter, so
+/// it ends the worker with SIGSYS. Release builds ignore the variable.
 pub const JAIL_PROBE_ENV: &str = "TLSPLICE_DEBUG_JAIL_PROBE";
 
-/// What one worker process needs, prepared by the parent before the fork.
+/// The start-up state of one worker process, prepared by the parent before the fork.
 pub struct WorkerStart {
     pub index: usize,
     pub cpu: Option<usize>,
@@ -45,7 +45,7 @@ pub struct WorkerStart {
     pub first_start: bool,
 }
 
-/// Runs a worker process in a freshly forked child; never returns. Writes one
+/// Runs a worker process in a freshly forked child and never returns. Writes one
 /// byte to `ready` once the worker serves.
 pub fn run(
     start: WorkerStart,
@@ -191,7 +191,7 @@ fn wait_for_stop(
 const SUMMARY_WAIT: Duration = Duration::from_millis(300);
 
 /// Applies Landlock with no file allowed to this thread and the threads it starts
-/// later; `who` names the process in log lines.
+/// later. `who` names the process in log lines.
 pub(crate) fn restrict_files(who: &str) {
     match crate::sys::landlock::deny_all_files() {
         Ok(crate::sys::landlock::Enforced::Fully) => debug!("{who}: Landlock enforced"),
@@ -200,7 +200,7 @@ pub(crate) fn restrict_files(who: &str) {
     }
 }
 
-/// The jail self-test behind [`JAIL_PROBE_ENV`]; a no-op in release builds.
+/// Runs the jail self-test behind [`JAIL_PROBE_ENV`]. Does nothing in release builds.
 fn jail_probe() {
     if !cfg!(debug_assertions) {
         return;

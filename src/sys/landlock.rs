@@ -14,8 +14,8 @@ pub enum Enforced {
     Not,
 }
 
-/// Denies every filesystem access the running kernel's Landlock knows, with no
-/// exception. Call it after no_new_privs and before starting threads that must
+/// Denies every filesystem access right that the running kernel's Landlock
+/// supports, with no exception. Call it after no_new_privs and before starting threads that must
 /// be covered.
 pub fn deny_all_files() -> io::Result<Enforced> {
     let status = Ruleset::default()

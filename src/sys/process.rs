@@ -71,9 +71,9 @@ pub fn recv_packet(fd: &OwnedFd, buf: &mut [u8], timeout: Option<Duration>) -> i
         }
     }
     loop {
-        // SAFETY: the pointer and length describe the live, writable `buf`; with
-        // MSG_TRUNC the kernel still writes at most `buf.len()` bytes and returns
-        // the packet's full length.
+        // SAFETY: the pointer and length describe the live, writable `buf`. With
+        // MSG_TRUNC the kernel still writes at most `buf.len()` bytes, and it
+        // returns the packet's full length.
         let received = unsafe {
             libc::recv(
                 fd.as_raw_fd(),

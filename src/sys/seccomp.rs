@@ -1,7 +1,7 @@
 //! The seccomp filter of the jailed processes, built with the `seccompiler` crate.
 //!
 //! The lists below are the only place that names the syscalls a worker or the key
-//! process may make once jailed; any other syscall kills the whole process with
+//! process may make once jailed. Any other syscall kills the whole process with
 //! SIGSYS. io_uring operations bypass seccomp, so the worker's ring is restricted
 //! separately (see [`super::ring::ALLOWED_OPCODES`]).
 
