@@ -201,6 +201,17 @@ impl Parser {
             option: option.trim().to_string(),
             value: value.trim().to_string(),
         };
+        // stunnel reads a `;` after a value as part of the value, so an inline
+        // comment silently changes a path. Reject the common form instead.
+        if let Some(start) = entry.value.find(" ;").or_else(|| entry.value.find(" #")) {
+            return Err(self.context.error_at(
+                &entry,
+                format!(
+                    "comments must be on their own line; move `{}` to a line of its own",
+                    entry.value[start + 1..].trim()
+                ),
+            ));
+        }
         self.option(&entry)
     }
 
@@ -465,6 +476,9 @@ fn service_option(
                 .push(early_key.as_ref().map(|(_, key_entry)| key_entry.line));
             scope.certs.push(CertSource {
                 cert: path,
+                key_origin: early_key
+                    .as_ref()
+                    .map(|(_, key_entry)| context.origin(key_entry)),
                 key: early_key.map(|(key, _)| key),
                 origin: context.origin(entry),
             });
@@ -630,6 +644,7 @@ fn key_option(
         ));
     }
     cert.key = Some(path);
+    cert.key_origin = Some(context.origin(entry));
     *key_line = Some(entry.line);
     Ok(())
 }

@@ -59,6 +59,8 @@ pub struct Conn {
     /// close_notify and shutdown(SHUT_WR) toward the client completed.
     pub client_write_closed: bool,
     pub close_notify_queued: bool,
+    /// Size of the close_notify record queued for the client.
+    pub close_notify_bytes: usize,
     /// Close once everything queued for the client is sent (after a TLS error,
     /// so the alert reaches the client).
     pub close_after_flush: Option<CloseReason>,

@@ -80,7 +80,9 @@ impl fmt::Display for RunError {
                 error,
             } => {
                 write!(f, "service [{service}]: accept = {address}: cannot listen: {error}")?;
-                if error.kind() == io::ErrorKind::AddrInUse {
+                if error.kind() == io::ErrorKind::AddrInUse && address.starts_with('/') {
+                    write!(f, "; another process listens on this socket: stop it or choose another path")?;
+                } else if error.kind() == io::ErrorKind::AddrInUse {
                     write!(f, "; stop the process using that address or choose another port")?;
                 } else if error.kind() == io::ErrorKind::PermissionDenied {
                     write!(f, "; ports below 1024 need root or CAP_NET_BIND_SERVICE")?;
@@ -120,7 +122,7 @@ pub fn probe_io_uring() -> Result<(), RunError> {
 
 /// Loads every service's certificates and TLS settings, without starting anything.
 pub fn load_services(config: &Config) -> Result<Vec<Service>, RunError> {
-    check_combinations(config)?;
+    check_environment(config)?;
     config
         .services
         .iter()
@@ -134,31 +136,138 @@ pub fn load_services(config: &Config) -> Result<Vec<Service>, RunError> {
         .collect()
 }
 
-/// Rejects option combinations that parse but cannot work at run time.
-fn check_combinations(config: &Config) -> Result<(), ConfigError> {
-    let Some(user) = &config.global.setuid else {
-        return Ok(());
+/// Rejects settings that parse but cannot work on this machine, so `--check`
+/// catches them before a start fails: option combinations, `local` addresses,
+/// duplicate listening addresses, and missing directories.
+fn check_environment(config: &Config) -> Result<(), ConfigError> {
+    let error = |option: &str, value: String, message: String| ConfigError {
+        file: config.source.clone(),
+        line: 0,
+        option: Some(option.into()),
+        value: Some(value),
+        message,
     };
-    match config.services.iter().find(|service| service.transparent_source) {
-        Some(service) => Err(ConfigError {
-            file: config.source.clone(),
-            line: 0,
-            option: Some("transparent".into()),
-            value: Some("source".into()),
-            message: format!(
-                "service [{}] needs CAP_NET_ADMIN for transparent mode, which `setuid = {user}` drops; remove setuid or the transparent option",
-                service.name
-            ),
-        }),
-        None => Ok(()),
+    let global = &config.global;
+
+    if let Some(user) = &global.setuid {
+        if let Some(service) = config
+            .services
+            .iter()
+            .find(|service| service.transparent_source)
+        {
+            return Err(error(
+                "transparent",
+                "source".into(),
+                format!(
+                    "service [{}] needs CAP_NET_ADMIN for transparent mode, which `setuid = {user}` drops; remove setuid or the transparent option",
+                    service.name
+                ),
+            ));
+        }
     }
+
+    for (index, service) in config.services.iter().enumerate() {
+        let duplicate = config.services[..index].iter().find(|other| {
+            other.accept == service.accept
+                && !matches!(service.accept, crate::config::Address::Inet(addr) if addr.port() == 0)
+        });
+        if let Some(other) = duplicate {
+            return Err(error(
+                "accept",
+                worker::display_address(&service.accept),
+                format!(
+                    "services [{}] and [{}] both accept on this address; give each service its own address",
+                    other.name, service.name
+                ),
+            ));
+        }
+
+        let Some(local) = service.local else {
+            continue;
+        };
+        for backend in &service.connect {
+            if let crate::config::Address::Inet(addr) = backend {
+                if addr.is_ipv4() != local.is_ipv4() {
+                    return Err(error(
+                        "local",
+                        local.to_string(),
+                        format!(
+                            "service [{}]: local address and backend {addr} are of different IP versions; use a local address of the backend's version",
+                            service.name
+                        ),
+                    ));
+                }
+            }
+        }
+        let probe = socket2::Socket::new(
+            socket2::Domain::for_address(std::net::SocketAddr::new(local, 0)),
+            socket2::Type::STREAM,
+            None,
+        );
+        if let Err(err) =
+            probe.and_then(|socket| socket.bind(&std::net::SocketAddr::new(local, 0).into()))
+        {
+            return Err(error(
+                "local",
+                local.to_string(),
+                format!(
+                    "service [{}]: cannot bind to this address ({err}); use an address of this host",
+                    service.name
+                ),
+            ));
+        }
+    }
+
+    let directory_of = |path: &std::path::Path| {
+        path.parent()
+            .filter(|parent| !parent.as_os_str().is_empty())
+            .map(std::path::Path::to_path_buf)
+    };
+    if let Some(output) = &global.output {
+        if let Some(parent) = directory_of(output).filter(|parent| !parent.is_dir()) {
+            return Err(error(
+                "output",
+                output.display().to_string(),
+                format!(
+                    "directory {} does not exist; create it or choose another path",
+                    parent.display()
+                ),
+            ));
+        }
+    }
+    if let Some(root) = &global.chroot {
+        if !root.is_dir() {
+            return Err(error(
+                "chroot",
+                root.display().to_string(),
+                "directory does not exist; create it or remove the chroot option".into(),
+            ));
+        }
+    }
+    if let Some(pid) = &global.pid {
+        let outside = match &global.chroot {
+            Some(root) => root.join(pid.strip_prefix("/").unwrap_or(pid)),
+            None => pid.clone(),
+        };
+        if let Some(parent) = directory_of(&outside).filter(|parent| !parent.is_dir()) {
+            return Err(error(
+                "pid",
+                pid.display().to_string(),
+                format!(
+                    "directory {} does not exist; create it or choose another path",
+                    parent.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Runs the terminator until SIGTERM or SIGINT.
 pub fn run(config: Config) -> Result<(), RunError> {
-    check_combinations(&config)?;
+    check_environment(&config)?;
     probe_io_uring()?;
-    let mut services = load_services(&config)?;
+    let services = load_services(&config)?;
     let global = &config.global;
 
     crate::log::init(
@@ -168,6 +277,22 @@ pub fn run(config: Config) -> Result<(), RunError> {
         global.syslog.then_some(global.syslog_facility.as_str()),
     )
     .map_err(io_error("cannot start logging"))?;
+    let result = start_logged(global, services);
+    if let Err(err) = &result {
+        // stderr already gets the error from main; the log file needs its own
+        // copy, since in daemon mode it is where operators look.
+        if (global.output.is_some() && !global.log_stderr) || global.syslog {
+            crate::error!("{err}");
+        }
+    }
+    result
+}
+
+/// Everything of `run` after logging has started.
+fn start_logged(
+    global: &crate::config::Global,
+    mut services: Vec<Service>,
+) -> Result<(), RunError> {
     match crate::sys::raise_fd_limit() {
         Ok(limit) => crate::debug!("file descriptor limit: {limit}"),
         Err(err) => warning!("cannot raise the file descriptor limit: {err}"),
@@ -219,9 +344,10 @@ fn start_jailed(
 
     for service in &services {
         notice!(
-            "service {} listening on {} with {workers} workers",
+            "service {} listening on {} with {workers} worker{}",
             service.name,
-            worker::display_address(&service.config.accept)
+            worker::display_address(&service.config.accept),
+            if workers == 1 { "" } else { "s" }
         );
         if service.tls.self_signed {
             warning!(
@@ -314,7 +440,7 @@ fn run_workers(
         let _ = ready.write_all(b"ok");
     }
 
-    wait_for_stop(&shared, &wakers, &metrics.registry);
+    wait_for_stop(&shared, &wakers, &metrics.registry, &handles);
 
     let mut failure = None;
     for handle in handles {
@@ -328,20 +454,36 @@ fn run_workers(
     failure.map_or(Ok(()), Err)
 }
 
-/// Handles signals until SIGTERM or SIGINT, then sets the stop flag and wakes the
-/// workers.
-fn wait_for_stop(shared: &Shared, wakers: &[std::os::fd::OwnedFd], registry: &Registry) {
+/// Handles signals until SIGTERM or SIGINT, or until a worker exits on its own,
+/// then sets the stop flag and wakes the workers.
+///
+/// A worker that dies takes its listeners with it, so the process stops as a
+/// whole and exits non-zero, for a supervisor such as systemd to restart it.
+fn wait_for_stop(
+    shared: &Shared,
+    wakers: &[std::os::fd::OwnedFd],
+    registry: &Registry,
+    handles: &[std::thread::JoinHandle<io::Result<()>>],
+) {
+    let stop = || {
+        shared.stopping.store(true, Ordering::Release);
+        for wake in wakers {
+            let _ = crate::sys::eventfd_signal(wake);
+        }
+    };
     loop {
-        let Some(signal) = crate::sys::wait_signal(Duration::from_secs(1)) else {
+        if let Some(index) = handles.iter().position(|handle| handle.is_finished()) {
+            crate::error!("worker {index} exited unexpectedly; stopping the other workers");
+            stop();
+            return;
+        }
+        let Some(signal) = crate::sys::wait_signal(Duration::from_millis(500)) else {
             continue;
         };
         match signal {
             libc::SIGTERM | libc::SIGINT => {
                 notice!("received signal {signal}; closing listeners and draining connections");
-                shared.stopping.store(true, Ordering::Release);
-                for wake in wakers {
-                    let _ = crate::sys::eventfd_signal(wake);
-                }
+                stop();
                 return;
             }
             libc::SIGUSR1 => {

@@ -26,6 +26,22 @@ pub struct LoadedCert {
 pub fn load(source: &CertSource, provider: &CryptoProvider) -> Result<CertifiedKey, ConfigError> {
     let chain = read_chain(&source.cert).map_err(|message| error(source, &source.cert, message))?;
     let key_path = source.key.as_deref().unwrap_or(&source.cert);
+    let key_error = |message: String| match &source.key_origin {
+        Some(origin) => ConfigError {
+            file: origin.file.clone(),
+            line: origin.line,
+            option: Some(origin.option.clone()).filter(|option| !option.is_empty()),
+            value: Some(key_path.display().to_string()),
+            message,
+        },
+        None => error(source, key_path, message),
+    };
+    if is_encrypted_key(key_path) {
+        return Err(key_error(format!(
+            "the private key is encrypted, and tlsplice cannot ask for a passphrase; decrypt it with `openssl pkey -in {0} -out {0}.plain` and use that file",
+            key_path.display()
+        )));
+    }
     let key = PrivateKeyDer::from_pem_file(key_path).map_err(|err| {
         let message = match err {
             rustls::pki_types::pem::Error::NoItemsFound if source.key.is_none() => {
@@ -36,17 +52,29 @@ pub fn load(source: &CertSource, provider: &CryptoProvider) -> Result<CertifiedK
             }
             other => format!("cannot read private key: {other}"),
         };
-        error(source, key_path, message)
+        key_error(message)
     })?;
-    CertifiedKey::from_der(chain, key, provider).map_err(|err| {
-        let message = match err {
-            rustls::Error::InconsistentKeys(_) => format!(
+    CertifiedKey::from_der(chain, key, provider).map_err(|err| match err {
+        rustls::Error::InconsistentKeys(_) => error(
+            source,
+            &source.cert,
+            format!(
                 "private key {} does not match the certificate; use the key the certificate was issued for",
                 key_path.display()
             ),
-            other => format!("unusable certificate or key: {other}"),
-        };
-        error(source, &source.cert, message)
+        ),
+        other => key_error(format!(
+            "unsupported private key ({other}); use an RSA key, or an ECDSA key on P-256 or P-384, or Ed25519"
+        )),
+    })
+}
+
+/// Whether a PEM key file holds an encrypted key (PKCS#8 `ENCRYPTED PRIVATE KEY`
+/// or a traditional key with a `Proc-Type: 4,ENCRYPTED` header).
+fn is_encrypted_key(path: &Path) -> bool {
+    std::fs::read_to_string(path).is_ok_and(|text| {
+        text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----")
+            || text.contains("Proc-Type: 4,ENCRYPTED")
     })
 }
 
