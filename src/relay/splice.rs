@@ -187,6 +187,9 @@ pub struct Pumped {
     pub up: u64,
     /// Bytes delivered to the client.
     pub down: u64,
+    /// Something moved or a record was handled, so the connection is not idle.
+    /// A control record or an end of stream moves no payload bytes.
+    pub active: bool,
     pub wants: Wants,
     /// The client finished sending and everything reached the backend: time for
     /// shutdown(SHUT_WR) toward the backend.
@@ -319,6 +322,7 @@ impl SpliceRelay {
                 }
             }
 
+            out.active |= progressed;
             self.up.release_if_empty(pool);
             if self.up.source_eof && self.up.in_pipe() == 0 {
                 self.up.finished = true;
@@ -389,6 +393,7 @@ impl SpliceRelay {
                 }
             }
 
+            out.active |= progressed;
             self.down.release_if_empty(pool);
             if self.down.source_eof && self.down.in_pipe() == 0 {
                 match kernel::send_close_notify(sockets.client) {

@@ -189,6 +189,13 @@ impl Worker {
     fn hand_off(&mut self, slot: u32) -> io::Result<Flow> {
         let conn = self.conn(slot);
         let client = display_addr(conn.client_addr);
+        // The ULP goes on first, while the rustls session is still whole, so a
+        // socket that cannot take it stays on the userspace path.
+        if let Err(err) = kernel::attach_ulp(conn.client.as_fd()) {
+            debug!("client {client}: staying on the userspace path: {err}");
+            conn.handoff_pending = false;
+            return Ok(Flow::Continue);
+        }
         let Some(session) = conn.tls.take_for_kernel() else {
             warning!("client {client}: kernel TLS hand-off found no TLS session; closing");
             self.close(slot, CloseReason::Internal)?;
@@ -203,7 +210,7 @@ impl Worker {
             }
         };
         let version = kernel_conn.protocol_version();
-        if let Err(err) = kernel::offload(conn.client.as_fd(), version, &secrets) {
+        if let Err(err) = kernel::install_keys(conn.client.as_fd(), version, &secrets) {
             warning!("client {client}: {err}; closing the connection");
             self.close(slot, CloseReason::Internal)?;
             return Ok(Flow::Stopped);
@@ -241,6 +248,7 @@ impl Worker {
         let Pumped {
             up,
             down,
+            active,
             wants,
             up_finished,
             down_finished,
@@ -249,7 +257,7 @@ impl Worker {
         } = splice.pump(sockets, &mut self.pipes, support, up_paused);
 
         let now = Instant::now();
-        if up > 0 || down > 0 || plaintext.is_some() {
+        if active || up_finished || down_finished {
             conn.last_activity = now;
             conn.last_progress = now;
         }
