@@ -267,7 +267,7 @@ fn first_request_with_finished_spans_records() {
 }
 
 /// The client sends data, close_notify and FIN; the backend reads to EOF and
-/// answers with the byte count. With `greet`, the backend speaks first and the
+/// replies with the byte count. With `greet`, the backend speaks first and the
 /// client waits for it, so the hand-off is done before the client closes.
 fn client_half_close(greet: bool) -> String {
     let dir = TempDir::new("ktls-half-client");

@@ -27,7 +27,7 @@ use crate::tls::kernel::{
 };
 
 /// Rounds of splicing per direction in one [`SpliceRelay::pump`] call, so one busy
-/// connection cannot hold the worker. A direction that still has work asks for a
+/// connection cannot hold the worker. A direction that still has work requests a
 /// poll on a ready socket, which completes at once and puts it back in the queue.
 const ROUNDS_PER_PUMP: usize = 16;
 
@@ -160,7 +160,7 @@ pub struct Wants {
     pub backend_writable: bool,
 }
 
-/// Why the relay ends the connection, with a message for the log.
+/// The reason the relay ends the connection, with a message for the log.
 #[derive(Debug)]
 pub struct End {
     pub reason: CloseReason,
@@ -180,7 +180,7 @@ impl End {
     }
 }
 
-/// What one [`SpliceRelay::pump`] call did.
+/// The outcome of one [`SpliceRelay::pump`] call.
 #[derive(Debug, Default)]
 pub struct Pumped {
     /// Bytes delivered to the backend.
@@ -244,7 +244,7 @@ impl SpliceRelay {
 
     /// Moves what can move now in both directions without blocking.
     ///
-    /// `up_paused` holds the client-to-backend direction while plaintext that
+    /// `up_paused` stops the client-to-backend direction while plaintext that
     /// rustls or recvmsg(2) produced is still on its way to the backend, so bytes
     /// reach the backend in order.
     pub fn pump(
@@ -608,8 +608,8 @@ fn drain(direction: &mut Direction, destination: BorrowedFd<'_>) -> Step {
     result
 }
 
-/// After a full set of rounds, asks for the poll that lets the direction go on:
-/// both sockets are ready, so the poll completes at once.
+/// After a full set of rounds, requests the poll that lets the direction go on.
+/// The polled socket is ready, so the poll completes at once.
 fn yield_direction(
     direction: &Direction,
     destination_writable: &mut bool,

@@ -6,7 +6,7 @@
 //! receive is in flight. A partial record left in the receive buffer is completed
 //! first by reading exactly its missing bytes with recv(2), so the kernel starts at
 //! a record boundary. Plaintext rustls decrypted before the hand-off stays in
-//! `to_backend` and the splice relay holds the client-to-backend direction until
+//! `to_backend`, and the splice relay pauses the client-to-backend direction until
 //! it is sent.
 
 use std::io::{self, Read};
