@@ -29,7 +29,11 @@ pub const EXIT_STARTUP: i32 = 4;
     after_help = "Exit codes: 0 success, 1 failure while running, 2 usage error, \
 3 invalid configuration, 4 start-up failure (io_uring, address in use, privileges, log file)."
 )]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// stunnel-format configuration file to run.
     #[arg(value_name = "CONFIG", conflicts_with_all = ["accept", "connect"])]
     pub config: Option<PathBuf>,
@@ -65,6 +69,13 @@ pub struct Cli {
     pub foreground: bool,
 }
 
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Rewrite a backend access log with the real client addresses, joined from
+    /// tlsplice's connection log by the backend-side port and time.
+    Correlate(crate::correlate::CorrelateArgs),
+}
+
 /// Parses the command line and runs; returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -78,6 +89,15 @@ pub fn main() -> ExitCode {
             };
         }
     };
+    if let Some(Command::Correlate(args)) = cli.command {
+        return match crate::correlate::run(&args) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("tlsplice correlate: {err}");
+                ExitCode::from(EXIT_RUNTIME)
+            }
+        };
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

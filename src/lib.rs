@@ -20,8 +20,8 @@ pub mod cli;
 pub mod config;
 pub mod correlate;
 pub mod log;
-pub mod proxy;
 pub mod metrics;
+pub mod proxy;
 pub mod relay;
 pub mod runtime;
 #[allow(unsafe_code)]

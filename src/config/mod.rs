@@ -42,7 +42,7 @@ pub struct Global {
     /// Syslog facility from `debug = facility.level`; `daemon` unless given.
     pub syslog_facility: String,
     pub foreground: bool,
-    /// Copy log lines to stderr: `foreground = yes`, but not `foreground = quiet`.
+    /// `true` copies log lines to stderr: set by `foreground = yes`, not by `quiet`.
     pub log_stderr: bool,
     pub debug: LogLevel,
     /// Worker threads; `None` means one per online CPU.

@@ -1,7 +1,7 @@
 //! The option names tlsplice reads, the stunnel options it rejects, and the
 //! "did you mean" suggestion for a misspelled name.
 
-/// Where an option may be written.
+/// The part of the file where an option may be written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
     /// Process-wide; only before the first `[section]`.
@@ -183,7 +183,7 @@ const EXEC_HINT: &str =
 const PROTOCOL_HINT: &str = "tlsplice implements only `protocol = proxy`";
 const WINDOWS_HINT: &str = "it applies to Windows only";
 
-/// The value syntax of an option, for "missing value" messages.
+/// Returns the value syntax of an option, for "missing value" messages.
 pub fn syntax(opt: Opt) -> &'static str {
     match opt {
         Opt::Chroot => "/absolute/path",

@@ -59,7 +59,7 @@ pub(super) fn parse_with(
     parser.finish()
 }
 
-/// What every check needs besides the line itself.
+/// The file name and resolver that every check needs besides the line itself.
 struct Context {
     file: Option<PathBuf>,
     resolve: Resolver,
@@ -221,7 +221,7 @@ impl Parser {
             return Err(self.context.error(
                 number,
                 format!(
-                    "duplicate section [{name}]; the first is on line {}; rename one of them",
+                    "duplicate section [{name}], first defined on line {}; rename one of them",
                     first.header_line
                 ),
             ));
@@ -263,7 +263,7 @@ impl Parser {
                 entry,
                 format!("`{canonical}` is a global option; move it above the first [section]"),
             )),
-            (Scope::Global, None) => self.global_option(opt, entry),
+            (Scope::Global, None) => self.global_option(canonical, opt, entry),
             (Scope::Service, Some(section)) => service_option(&self.context, section, opt, entry),
             (Scope::Service, None) => service_option(&self.context, &mut self.defaults, opt, entry),
         }
@@ -288,11 +288,15 @@ impl Parser {
         self.context.error_at(entry, message)
     }
 
-    fn global_option(&mut self, opt: Opt, entry: &Entry) -> Result<(), ConfigError> {
+    fn global_option(
+        &mut self,
+        canonical: &'static str,
+        opt: Opt,
+        entry: &Entry,
+    ) -> Result<(), ConfigError> {
         let context = &self.context;
         let global = &mut self.global;
-        let field = options::lookup(&entry.option).map_or("", |(canonical, _, _)| canonical);
-        self.defaults.mark(context, field, entry)?;
+        self.defaults.mark(context, canonical, entry)?;
 
         let value = entry.value.as_str();
         match opt {
@@ -420,7 +424,8 @@ impl Parser {
 
 const DEFAULT_SERVICE: &str = "default";
 const MAX_THREADS: usize = 1024;
-/// Highest `maxconn`; the number must fit the runtime's 32-bit connection slots.
+/// Highest `maxconn`.
+// NOTE: chosen to fit a u32, not measured; the open-file limit is usually lower.
 const MAX_CONNECTIONS: usize = u32::MAX as usize;
 
 /// Checks one service option and stores it in `scope`.

@@ -1,7 +1,8 @@
 //! Parsers for option values. Each returns the parsed value or the message part of
 //! a `ConfigError`; the caller adds the file, line, option and value.
 
-use std::io;
+use std::fs::File;
+use std::io::{self, Read};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -14,7 +15,7 @@ use crate::sys::user;
 /// Resolves a host name and port to socket addresses; tests substitute a fake.
 pub type Resolver = fn(&str, u16) -> io::Result<Vec<SocketAddr>>;
 
-/// Resolves through the C library (`/etc/hosts`, then DNS, as nsswitch.conf says).
+/// Resolves through the C library, which consults the sources that nsswitch.conf lists.
 pub fn system_resolve(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
     Ok((host, port).to_socket_addrs()?.collect())
 }
@@ -22,7 +23,7 @@ pub fn system_resolve(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
 /// Whether an address may use port 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PortZero {
-    /// A listener: port 0 asks the kernel for an ephemeral port.
+    /// A listener: with port 0 the kernel picks an ephemeral port.
     Allowed,
     /// A backend: port 0 cannot be connected to.
     Rejected,
@@ -158,12 +159,12 @@ pub fn seconds(value: &str, example: u64, zero_allowed: bool) -> Result<Duration
     Ok(Duration::from_secs(secs))
 }
 
-/// Parses a whole number from `min` to `max`; `what` names the quantity.
-pub fn count(value: &str, what: &str, min: usize, max: usize) -> Result<usize, String> {
+/// Parses a whole number from `min` to `max`; `quantity` names it in the error message.
+pub fn count(value: &str, quantity: &str, min: usize, max: usize) -> Result<usize, String> {
     match value.parse::<usize>() {
         Ok(n) if (min..=max).contains(&n) => Ok(n),
         _ => Err(format!(
-            "invalid {what}; use a whole number from {min} to {max}"
+            "invalid {quantity}; use a whole number from {min} to {max}"
         )),
     }
 }
@@ -222,7 +223,7 @@ pub fn debug(value: &str) -> Result<(Option<String>, LogLevel), String> {
     }
 }
 
-/// Which end of the version range an `sslVersion*` value sets; `all` means the
+/// The end of the version range that an `sslVersion*` value sets. `all` means the
 /// lowest version for `Min` and the highest for `Max`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bound {
@@ -465,9 +466,12 @@ pub fn group_name(value: &str) -> Result<(), String> {
     }
 }
 
-/// Checks that a certificate or key file can be opened and read.
+/// Checks that a certificate or key file can be opened and read. It reads one
+/// byte, so a device such as `/dev/zero` given by mistake cannot stall startup.
 pub fn readable_file(path: &Path) -> Result<(), String> {
-    std::fs::read(path)
+    let mut first_byte = [0u8; 1];
+    File::open(path)
+        .and_then(|mut file| file.read(&mut first_byte))
         .map(drop)
         .map_err(|err| format!("failed to read file: {err}; check the path and its permissions"))
 }

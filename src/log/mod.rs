@@ -26,7 +26,7 @@ pub use time::format_rfc3339;
 
 use crate::config::LogLevel;
 
-/// Where log lines go. Set once at start; reopened on SIGHUP.
+/// Destinations of log lines, set at start; the file is reopened on SIGHUP.
 struct Sink {
     output_path: Option<PathBuf>,
     /// The output file, or None for stderr.
@@ -37,6 +37,8 @@ struct Sink {
 }
 
 static LEVEL: AtomicU8 = AtomicU8::new(LogLevel::Notice as u8);
+/// Syslog facility number; 3 is `daemon`.
+static FACILITY: AtomicU8 = AtomicU8::new(3);
 static SINK: OnceLock<Mutex<Sink>> = OnceLock::new();
 /// Bumped when the output file is reopened, so each thread refreshes its copy.
 static GENERATION: AtomicU64 = AtomicU64::new(0);
@@ -48,14 +50,17 @@ pub fn init(
     level: LogLevel,
     output: Option<&Path>,
     stderr_copy: bool,
-    syslog: bool,
+    syslog: Option<&str>,
 ) -> io::Result<()> {
     LEVEL.store(level as u8, Ordering::Relaxed);
+    if let Some(facility) = syslog {
+        FACILITY.store(facility_code(facility), Ordering::Relaxed);
+    }
     let file = match output {
         Some(path) => Some(open_output(path)?),
         None => None,
     };
-    let syslog = if syslog {
+    let syslog = if syslog.is_some() {
         match UnixDatagram::unbound().and_then(|socket| {
             socket.connect("/dev/log")?;
             Ok(socket)
@@ -195,14 +200,30 @@ pub fn write(level: LogLevel, message: std::fmt::Arguments<'_>) {
 }
 
 fn syslog_datagram(level: LogLevel, line: &str) -> String {
-    // Facility daemon (3); the message without our timestamp, which syslog adds.
+    // The message without our timestamp, which syslog adds.
     let message = line.splitn(3, ' ').nth(2).unwrap_or(line).trim_end();
-    format!(
-        "<{}>tlsplice[{}]: {}",
-        3 * 8 + level as u8,
-        std::process::id(),
-        message
-    )
+    let priority = FACILITY.load(Ordering::Relaxed) * 8 + level as u8;
+    format!("<{priority}>tlsplice[{}]: {message}", std::process::id())
+}
+
+/// Maps a facility name that the configuration accepted to its number, as
+/// RFC 5424 assigns them.
+fn facility_code(name: &str) -> u8 {
+    match name {
+        "kern" => 0,
+        "user" => 1,
+        "mail" => 2,
+        "auth" => 4,
+        "syslog" => 5,
+        "lpr" => 6,
+        "news" => 7,
+        "uucp" => 8,
+        "cron" => 9,
+        "authpriv" => 10,
+        "ftp" => 11,
+        local if local.starts_with("local") => 16 + local[5..].parse::<u8>().unwrap_or(0).min(7),
+        _ => 3,
+    }
 }
 
 pub fn level_name(level: LogLevel) -> &'static str {

@@ -1,6 +1,6 @@
 use std::fmt;
 
-/// Why a connection ended, as written in the `reason=` field of its log line.
+/// Cause of a connection's end, as written in the `reason=` field of its log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum CloseReason {
@@ -16,6 +16,8 @@ pub enum CloseReason {
     HandshakeFailed,
     /// The client closed before completing the handshake.
     HandshakeEof,
+    /// The PROXY protocol header from the upstream load balancer was malformed.
+    ProxyHeaderInvalid,
     /// No backend accepted the connection.
     ConnectFailed,
     /// Connecting to the backend took longer than `TIMEOUTconnect`.
@@ -35,13 +37,14 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 14] = [
+    pub const ALL: [CloseReason; 15] = [
         CloseReason::Done,
         CloseReason::ClientReset,
         CloseReason::BackendReset,
         CloseReason::HandshakeTimeout,
         CloseReason::HandshakeFailed,
         CloseReason::HandshakeEof,
+        CloseReason::ProxyHeaderInvalid,
         CloseReason::ConnectFailed,
         CloseReason::ConnectTimeout,
         CloseReason::IdleTimeout,
@@ -52,7 +55,7 @@ impl CloseReason {
         CloseReason::Internal,
     ];
 
-    /// The stable name used in logs and metrics labels.
+    /// Returns the stable name used in logs and metrics labels.
     pub fn as_str(self) -> &'static str {
         match self {
             CloseReason::Done => "done",
@@ -61,6 +64,7 @@ impl CloseReason {
             CloseReason::HandshakeTimeout => "handshake-timeout",
             CloseReason::HandshakeFailed => "handshake-failed",
             CloseReason::HandshakeEof => "handshake-eof",
+            CloseReason::ProxyHeaderInvalid => "proxy-header-invalid",
             CloseReason::ConnectFailed => "connect-failed",
             CloseReason::ConnectTimeout => "connect-timeout",
             CloseReason::IdleTimeout => "idle-timeout",

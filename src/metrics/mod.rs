@@ -103,30 +103,7 @@ impl HandshakeFailure {
     }
 }
 
-/// Relay method of a connection after the handshake.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DataPath {
-    /// rustls encrypts and decrypts in the worker.
-    Userspace,
-    /// The kernel encrypts and decrypts (kTLS).
-    Ktls,
-}
-
-impl DataPath {
-    pub const ALL: [DataPath; 2] = [DataPath::Userspace, DataPath::Ktls];
-
-    /// Returns the stable name used in the `path` label and in JSON keys.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DataPath::Userspace => "userspace",
-            DataPath::Ktls => "ktls",
-        }
-    }
-
-    fn index(self) -> usize {
-        self as usize
-    }
-}
+pub use crate::relay::DataPath;
 
 /// Returns the IANA-style name rustls gives a protocol version, or its code in hex.
 fn version_name(code: u16) -> String {

@@ -798,12 +798,12 @@ impl Rng {
 
     fn address(&mut self) -> SocketAddr {
         let port = self.next() as u16;
-        if self.next() % 2 == 0 {
+        if self.next().is_multiple_of(2) {
             SocketAddr::new(Ipv4Addr::from(self.next() as u32).into(), port)
         } else {
             // Some addresses get long zero runs to exercise `::` compression.
             let mut bits = u128::from(self.next()) << 64 | u128::from(self.next());
-            if self.next() % 3 == 0 {
+            if self.next().is_multiple_of(3) {
                 bits &= !(0xffff_ffff_ffffu128 << 32);
             }
             SocketAddr::new(Ipv6Addr::from(bits).into(), port)
@@ -886,7 +886,7 @@ fn random_bytes_never_panic() {
     // never report more bytes consumed than it was given.
     let mut rng = Rng(42);
     for _ in 0..5_000 {
-        let mut input = if rng.next() % 2 == 0 {
+        let mut input = if rng.next().is_multiple_of(2) {
             bytes(&[
                 &SIG,
                 &[0x21, [0x00, 0x11, 0x21, 0x31][rng.next() as usize % 4]],

@@ -11,14 +11,24 @@ pub mod userspace;
 pub use splice::{PipePool, SpliceRelay};
 pub use userspace::UserspaceRelay;
 
-/// Which data path a connection took, as written in its log line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which data path a connection took after the handshake, as written in its log
+/// line and in metrics labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DataPath {
+    /// rustls encrypts and decrypts in the worker.
     Userspace,
+    /// The kernel encrypts and decrypts (kTLS).
     Ktls,
 }
 
 impl DataPath {
+    pub const ALL: [DataPath; 2] = [DataPath::Userspace, DataPath::Ktls];
+
+    /// Position in [`DataPath::ALL`], for counter arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             DataPath::Userspace => "userspace",

@@ -13,6 +13,9 @@ use crate::tls::TlsSession;
 /// The phase of a connection's life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
+    /// Reading the PROXY protocol header that an upstream load balancer sends
+    /// before the ClientHello (`accept_proxy = yes`).
+    ProxyHeader,
     /// Reading the ClientHello and completing the TLS handshake.
     Handshake,
     /// The handshake is done; connecting to a backend.
@@ -28,7 +31,11 @@ pub struct Conn {
     pub service: usize,
     pub phase: Phase,
     pub client: OwnedFd,
+    /// The client's address: the peer of the accepted socket, or the source
+    /// address of a PROXY header read with `accept_proxy`.
     pub client_addr: Option<SocketAddr>,
+    /// The address the client connected to, for outgoing PROXY headers.
+    pub accepted_on: Option<SocketAddr>,
     pub backend: Option<OwnedFd>,
     /// Index into the backend list of the attempt in progress.
     pub backend_attempt: usize,
@@ -95,7 +102,7 @@ impl Conn {
             return false;
         }
         match self.phase {
-            Phase::Handshake => true,
+            Phase::ProxyHeader | Phase::Handshake => true,
             Phase::Relaying => self.relay.to_backend.is_empty() && self.close_after_flush.is_none(),
             Phase::Connecting | Phase::Closing => false,
         }

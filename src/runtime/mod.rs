@@ -15,12 +15,12 @@ mod worker;
 
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use crate::config::{Address, Config, ConfigError};
+use crate::config::{Config, ConfigError};
+use crate::metrics::{Collector, HistogramLogger, Registry, StatsServer, StatsServerOptions};
 use crate::sys::ring::{Ring, RingConfig};
 use crate::tls::ServiceTls;
 use crate::{notice, warning};
@@ -40,7 +40,7 @@ pub struct Shared {
     pub stopping: AtomicBool,
 }
 
-/// Why tlsplice could not start or stopped with an error.
+/// A start-up or run-time failure, by cause.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum RunError {
@@ -158,6 +158,7 @@ fn check_kernel_tls(services: &[Service]) -> Result<(), RunError> {
 
 /// Loads every service's certificates and TLS settings, without starting anything.
 pub fn load_services(config: &Config) -> Result<Vec<Service>, RunError> {
+    check_combinations(config)?;
     config
         .services
         .iter()
@@ -171,8 +172,29 @@ pub fn load_services(config: &Config) -> Result<Vec<Service>, RunError> {
         .collect()
 }
 
+/// Rejects option combinations that parse but cannot work at run time.
+fn check_combinations(config: &Config) -> Result<(), ConfigError> {
+    let Some(user) = &config.global.setuid else {
+        return Ok(());
+    };
+    match config.services.iter().find(|service| service.transparent_source) {
+        Some(service) => Err(ConfigError {
+            file: config.source.clone(),
+            line: 0,
+            option: Some("transparent".into()),
+            value: Some("source".into()),
+            message: format!(
+                "service [{}] needs CAP_NET_ADMIN for transparent mode, which `setuid = {user}` drops; remove setuid or the transparent option",
+                service.name
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Runs the terminator until SIGTERM or SIGINT.
 pub fn run(config: Config) -> Result<(), RunError> {
+    check_combinations(&config)?;
     probe_io_uring()?;
     let mut services = load_services(&config)?;
     let global = &config.global;
@@ -180,8 +202,8 @@ pub fn run(config: Config) -> Result<(), RunError> {
     crate::log::init(
         global.debug,
         global.output.as_deref(),
-        global.foreground && global.output.is_some(),
-        global.syslog,
+        global.log_stderr && global.output.is_some(),
+        global.syslog.then_some(global.syslog_facility.as_str()),
     )
     .map_err(io_error("cannot start logging"))?;
     match crate::sys::raise_fd_limit() {
@@ -227,8 +249,13 @@ fn start_jailed(
     cpus: &[usize],
     ready: &mut Option<io::PipeWriter>,
 ) -> Result<(), RunError> {
-    let pid_file = privileges::drop_privileges(global).map_err(RunError::Privileges)?;
+    // Signals are blocked before any thread starts, so every thread inherits the
+    // mask and only the main thread's sigtimedwait receives them.
     crate::sys::block_signals().map_err(io_error("cannot block signals"))?;
+    // Metrics threads start after the fork, which keeps only the calling thread,
+    // and before the chroot, so the stats port and histogram log can be opened.
+    let metrics = start_metrics(global, &services)?;
+    let pid_file = privileges::drop_privileges(global).map_err(RunError::Privileges)?;
 
     for service in &services {
         notice!(
@@ -244,7 +271,8 @@ fn start_jailed(
         }
     }
 
-    let result = run_workers(global, services, listeners, workers, cpus, ready);
+    let result = run_workers(global, services, listeners, workers, cpus, ready, &metrics);
+    metrics.stop();
     if let Some(path) = pid_file {
         if let Err(err) = std::fs::remove_file(&path) {
             warning!("cannot remove pid file {}: {err}", path.display());
@@ -260,6 +288,7 @@ fn run_workers(
     workers: usize,
     cpus: &[usize],
     ready: &mut Option<io::PipeWriter>,
+    metrics: &Metrics,
 ) -> Result<(), RunError> {
     let services: Arc<[Service]> = services.into();
     let shared = Arc::new(Shared {
@@ -290,6 +319,7 @@ fn run_workers(
             wake,
             maxconn: global.maxconn,
             shutdown_timeout: global.shutdown_timeout,
+            metrics: metrics.registry.register_worker(),
         };
         let services = services.clone();
         let shared = shared.clone();
@@ -324,7 +354,7 @@ fn run_workers(
         let _ = ready.write_all(b"ok");
     }
 
-    wait_for_stop(&shared, &wakers);
+    wait_for_stop(&shared, &wakers, &metrics.registry);
 
     let mut failure = None;
     for handle in handles {
@@ -338,8 +368,9 @@ fn run_workers(
     failure.map_or(Ok(()), Err)
 }
 
-/// Handles signals until SIGTERM or SIGINT, then tells the workers to stop.
-fn wait_for_stop(shared: &Shared, wakers: &[std::os::fd::OwnedFd]) {
+/// Handles signals until SIGTERM or SIGINT, then sets the stop flag and wakes the
+/// workers.
+fn wait_for_stop(shared: &Shared, wakers: &[std::os::fd::OwnedFd], registry: &Registry) {
     loop {
         let Some(signal) = crate::sys::wait_signal(Duration::from_secs(1)) else {
             continue;
@@ -353,6 +384,13 @@ fn wait_for_stop(shared: &Shared, wakers: &[std::os::fd::OwnedFd]) {
                 }
                 return;
             }
+            libc::SIGUSR1 => {
+                // Workers publish on their next tick; wait for it so the summary
+                // includes connections that just finished.
+                registry.request_publish();
+                std::thread::sleep(Duration::from_millis(300));
+                log_summary(registry);
+            }
             libc::SIGHUP => match crate::log::reopen() {
                 Ok(()) => notice!("log file reopened"),
                 Err(err) => warning!(
@@ -361,6 +399,72 @@ fn wait_for_stop(shared: &Shared, wakers: &[std::os::fd::OwnedFd]) {
             },
             _ => {}
         }
+    }
+}
+
+/// The metrics registry and the threads that read it.
+struct Metrics {
+    registry: Arc<Registry>,
+    collector: Collector,
+    stats: Option<StatsServer>,
+    histogram_log: Option<HistogramLogger>,
+}
+
+impl Metrics {
+    /// Stops the readers and logs a final summary. Runs after the workers have
+    /// exited, so their last values are published.
+    fn stop(self) {
+        if let Some(stats) = self.stats {
+            stats.stop();
+        }
+        if let Some(log) = self.histogram_log {
+            log.stop();
+        }
+        drop(self.collector);
+        log_summary(&self.registry);
+    }
+}
+
+fn start_metrics(
+    global: &crate::config::Global,
+    services: &[Service],
+) -> Result<Metrics, RunError> {
+    let names = services
+        .iter()
+        .map(|service| service.name.clone())
+        .collect();
+    let registry = Arc::new(Registry::new(names));
+    let collector = Collector::start(registry.clone(), Duration::from_millis(250))
+        .map_err(io_error("cannot start the metrics collector"))?;
+    let stats = match global.stats {
+        Some(addr) => {
+            let server = StatsServer::start(addr, registry.clone(), StatsServerOptions::default())
+                .map_err(io_error(format!(
+                    "stats = {addr}: cannot listen; choose a free port"
+                )))?;
+            notice!("stats listening on {}", server.local_addr());
+            Some(server)
+        }
+        None => None,
+    };
+    let histogram_log = match &global.histogram_log {
+        Some(path) => Some(
+            HistogramLogger::start(path, global.histogram_log_interval, registry.clone())
+                .map_err(io_error("histogram_log"))?,
+        ),
+        None => None,
+    };
+    Ok(Metrics {
+        registry,
+        collector,
+        stats,
+        histogram_log,
+    })
+}
+
+fn log_summary(registry: &Registry) {
+    for line in registry.summary().lines() {
+        notice!("stats: {line}");
     }
 }
 
@@ -392,18 +496,4 @@ fn daemonize() -> Result<io::PipeWriter, RunError> {
             Ok(writer)
         }
     }
-}
-
-/// Where a service listens, for tests and start-up messages.
-pub fn bound_address(service: &Service) -> &Address {
-    &service.config.accept
-}
-
-/// The pid file path as seen before chroot, for messages.
-pub fn pid_path_outside(global: &crate::config::Global) -> Option<PathBuf> {
-    let pid = global.pid.as_ref()?;
-    Some(match &global.chroot {
-        Some(root) => root.join(pid.strip_prefix("/").unwrap_or(pid)),
-        None => pid.clone(),
-    })
 }

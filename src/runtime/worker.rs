@@ -19,6 +19,7 @@ use super::token::{next_generation, Kind, Token};
 use super::{Service, Shared};
 use crate::config::Address;
 use crate::log::{CloseReason, ConnectionRecord};
+use crate::metrics::{HandshakeFailure, WorkerMetrics};
 use crate::relay::{DataPath, PipePool, UserspaceRelay};
 use crate::sys::ring::{Completion, Op, Ring, RingConfig};
 use crate::tls::TlsSession;
@@ -36,6 +37,7 @@ pub struct WorkerConfig {
     pub wake: OwnedFd,
     pub maxconn: usize,
     pub shutdown_timeout: Duration,
+    pub metrics: WorkerMetrics,
 }
 
 enum Slot {
@@ -67,6 +69,7 @@ pub struct Worker {
     pipes: PipePool,
     shutdown_timeout: Duration,
     stop_deadline: Option<Instant>,
+    metrics: WorkerMetrics,
 }
 
 /// Send buffers kept for reuse, at most.
@@ -87,9 +90,12 @@ impl Worker {
                 warning!("worker {}: cannot pin to CPU {cpu}: {err}", config.index);
             }
         }
+        // Receive buffers go back to the ring as soon as their completion is
+        // handled, so a few hundred serve many thousands of connections. A
+        // receive that finds none waits in `starved` until one returns.
         let ring = Ring::new(RingConfig {
             entries: 1024,
-            buffers: 1024,
+            buffers: 256,
             buffer_size: 16 * 1024,
         })?;
         let count = config.listeners.len();
@@ -113,6 +119,7 @@ impl Worker {
             pipes: PipePool::new(PIPE_POOL_MAX),
             shutdown_timeout: config.shutdown_timeout,
             stop_deadline: None,
+            metrics: config.metrics,
         })
     }
 
@@ -139,6 +146,9 @@ impl Worker {
                 self.handle(completion)?;
             }
             self.feed_starved()?;
+            if self.metrics.publish_requested() {
+                self.metrics.publish();
+            }
             if self.stop_deadline.is_some()
                 && self.live == 0
                 && self.accept_armed.iter().all(|armed| !armed)
@@ -174,7 +184,7 @@ impl Worker {
         }
     }
 
-    /// Gives back what a completion holds when nobody will use it.
+    /// Returns a completion's buffers to their pools when no connection takes them.
     fn release(&mut self, completion: Completion) {
         if let Some(buf) = completion.received {
             self.ring.recycle(buf);
@@ -268,6 +278,8 @@ impl Worker {
         let socket = SockRef::from(&client);
         let _ = socket.set_tcp_nodelay(true);
         let client_addr = socket.peer_addr().ok().and_then(|addr| addr.as_socket());
+        let accepted_on = socket.local_addr().ok().and_then(|addr| addr.as_socket());
+        self.metrics.accepted(service);
 
         let service_data = &self.services[service];
         let tls = match TlsSession::new(&service_data.tls.config, &service_data.tls.resolver) {
@@ -282,6 +294,11 @@ impl Worker {
         };
 
         let now = Instant::now();
+        let phase = if service_data.config.accept_proxy {
+            Phase::ProxyHeader
+        } else {
+            Phase::Handshake
+        };
         let (slot, generation) = match self.free.pop() {
             Some(slot) => {
                 let Slot::Free { generation } = self.slots[slot as usize] else {
@@ -297,9 +314,10 @@ impl Worker {
         self.slots[slot as usize] = Slot::Used(Box::new(Conn {
             generation,
             service,
-            phase: Phase::Handshake,
+            phase,
             client,
             client_addr,
+            accepted_on,
             backend: None,
             backend_attempt: 0,
             backend_addr: None,
@@ -343,6 +361,8 @@ impl Worker {
             Op::Timeout { after: TICK },
         )?;
 
+        self.metrics.publish();
+
         if self.accept_paused_until.is_some_and(|until| now >= until) {
             self.accept_paused_until = None;
             for service in 0..self.listeners.len() {
@@ -366,7 +386,8 @@ impl Worker {
             let closing = conn.half_closed_at.is_some() || conn.close_after_flush.is_some();
             let expired = if shutdown_expired {
                 Some(CloseReason::Shutdown)
-            } else if conn.phase == Phase::Handshake {
+            } else if matches!(conn.phase, Phase::ProxyHeader | Phase::Handshake) {
+                // The PROXY header and the handshake share one deadline.
                 (now >= conn.accepted_at + timeouts.handshake)
                     .then_some(CloseReason::HandshakeTimeout)
             } else if conn.phase == Phase::Connecting {
@@ -481,6 +502,9 @@ impl Worker {
             }
         };
 
+        if self.conn(slot).phase == Phase::ProxyHeader {
+            return self.on_proxy_header_bytes(slot, received);
+        }
         let now = Instant::now();
         let result = {
             let Slot::Used(conn) = &mut self.slots[slot as usize] else {
@@ -499,7 +523,14 @@ impl Worker {
             result
         };
         self.ring.recycle(received);
+        self.after_tls_read(slot, result)
+    }
 
+    fn after_tls_read(
+        &mut self,
+        slot: u32,
+        result: Result<crate::tls::Progress, rustls::Error>,
+    ) -> io::Result<()> {
         match result {
             Ok(progress) => {
                 if progress.handshake_completed {
@@ -513,11 +544,17 @@ impl Worker {
             }
             Err(err) => {
                 let conn = self.conn(slot);
+                let service = conn.service;
                 let reason = if conn.phase == Phase::Handshake {
                     CloseReason::HandshakeFailed
                 } else {
                     CloseReason::TlsError
                 };
+                if reason == CloseReason::HandshakeFailed {
+                    self.metrics
+                        .handshake_failed(service, HandshakeFailure::from_rustls(&err));
+                }
+                let conn = self.conn(slot);
                 debug!(
                     "client {}: TLS error: {err}",
                     display_addr(conn.client_addr)
@@ -528,8 +565,54 @@ impl Worker {
         }
     }
 
+    /// Collects the PROXY header an upstream load balancer sends first. Bytes past
+    /// the header are the start of the TLS handshake.
+    fn on_proxy_header_bytes(
+        &mut self,
+        slot: u32,
+        received: crate::sys::ring::Provided,
+    ) -> io::Result<()> {
+        let data = self.ring.received(&received).to_vec();
+        self.ring.recycle(received);
+        let Slot::Used(conn) = &mut self.slots[slot as usize] else {
+            unreachable!()
+        };
+        conn.last_activity = Instant::now();
+        conn.relay.partial_record.extend_from_slice(&data);
+        match crate::proxy::decode(&conn.relay.partial_record) {
+            Ok(crate::proxy::Progress::NeedMore) => self.drive(slot),
+            Ok(crate::proxy::Progress::Done { header, consumed }) => {
+                if let crate::proxy::Addresses::Tcp { source, .. } = header.addresses {
+                    debug!(
+                        "client {}: PROXY header gives client {source}",
+                        display_addr(conn.client_addr)
+                    );
+                    conn.client_addr = Some(source);
+                }
+                conn.phase = Phase::Handshake;
+                let mut rest = std::mem::take(&mut conn.relay.partial_record);
+                rest.drain(..consumed);
+                if rest.is_empty() {
+                    return self.drive(slot);
+                }
+                conn.first_byte_at.get_or_insert_with(Instant::now);
+                let Conn { relay, tls, .. } = &mut **conn;
+                let result = relay.client_bytes(tls, &mut rest);
+                self.after_tls_read(slot, result)
+            }
+            Err(err) => {
+                warning!(
+                    "service {}: client {}: invalid PROXY header: {err}; closing",
+                    self.services[conn.service].name,
+                    display_addr(conn.client_addr)
+                );
+                self.close(slot, CloseReason::ProxyHeaderInvalid)
+            }
+        }
+    }
+
     fn client_reset_reason(&mut self, slot: u32) -> CloseReason {
-        if self.conn(slot).phase == Phase::Handshake {
+        if matches!(self.conn(slot).phase, Phase::ProxyHeader | Phase::Handshake) {
             CloseReason::HandshakeEof
         } else {
             CloseReason::ClientReset
@@ -538,7 +621,7 @@ impl Worker {
 
     fn on_client_eof(&mut self, slot: u32) -> io::Result<()> {
         let conn = self.conn(slot);
-        if conn.phase == Phase::Handshake {
+        if matches!(conn.phase, Phase::ProxyHeader | Phase::Handshake) {
             return self.close(slot, CloseReason::HandshakeEof);
         }
         // A FIN without close_notify ends the client's data just the same.
@@ -556,11 +639,16 @@ impl Worker {
         let conn = self.conn(slot);
         conn.phase = Phase::Connecting;
         conn.route = conn.tls.chosen().and_then(|chosen| chosen.route);
+        let service = conn.service;
+        let started = conn.first_byte_at.unwrap_or(conn.accepted_at);
+        let client = conn.client_addr;
         if let (Some(version), Some(suite)) = (conn.tls.protocol_version(), conn.tls.cipher_suite())
         {
+            self.metrics
+                .handshake_done(service, started.elapsed(), version, suite.suite());
             debug!(
                 "client {}: handshake done: {} {:?}",
-                display_addr(conn.client_addr),
+                display_addr(client),
                 crate::tls::version_name(version),
                 suite.suite()
             );
@@ -588,10 +676,15 @@ impl Worker {
         let Some(address) = backends.get(attempt).cloned() else {
             return self.close(slot, CloseReason::ConnectFailed);
         };
-        let local = service_data.config.local;
-        let timeout = service_data.config.timeouts.connect;
+        let source = if service_data.config.transparent_source {
+            self.conn(slot).client_addr.map(Source::Transparent)
+        } else {
+            service_data.config.local.map(Source::Local)
+        };
+        let timeout = self.services[service].config.timeouts.connect;
+        let service_data = &self.services[service];
 
-        let socket = match backend_socket(&address, local) {
+        let socket = match backend_socket(&address, source) {
             Ok(socket) => socket,
             Err(err) => {
                 warning!(
@@ -635,6 +728,13 @@ impl Worker {
                     .as_ref()
                     .and_then(|fd| SockRef::from(fd).local_addr().ok())
                     .and_then(|addr| addr.as_socket());
+                let service = conn.service;
+                if let Some(started) = conn.connect_started {
+                    self.metrics.backend_connected(service, started.elapsed());
+                }
+                if let Some(version) = self.services[service].config.proxy_protocol {
+                    self.prepend_proxy_header(slot, version);
+                }
                 self.drive(slot)
             }
             Err(errno) => {
@@ -675,6 +775,7 @@ impl Worker {
                 if backends_left {
                     return self.connect_next(slot);
                 }
+                self.metrics.backend_connect_failed(service);
                 let reason = if errno == libc::ECANCELED {
                     CloseReason::ConnectTimeout
                 } else {
@@ -721,7 +822,12 @@ impl Worker {
                 unreachable!()
             };
             conn.last_activity = now;
-            conn.backend_replied = true;
+            if !conn.backend_replied {
+                conn.backend_replied = true;
+                if let Some(request) = conn.first_request_at {
+                    self.metrics.first_byte(conn.service, now - request);
+                }
+            }
             let data = self.ring.received(&received);
             conn.bytes_down += data.len() as u64;
             conn.relay.backend_bytes(&mut conn.tls, data)
@@ -794,6 +900,45 @@ impl Worker {
             Token::new(kind, slot, generation).encode(),
             Op::Send { fd, buf, offset },
         )
+    }
+
+    /// Puts a PROXY protocol header in front of everything queued for the backend.
+    fn prepend_proxy_header(&mut self, slot: u32, version: crate::config::ProxyVersion) {
+        let conn = self.conn(slot);
+        let addresses = match (conn.client_addr, conn.accepted_on) {
+            (Some(source), Some(destination)) => crate::proxy::Addresses::Tcp {
+                source,
+                destination,
+            },
+            _ => crate::proxy::Addresses::Unknown,
+        };
+        let mut header = Vec::with_capacity(128 + conn.relay.to_backend.len());
+        match version {
+            crate::config::ProxyVersion::V1 => crate::proxy::encode_v1(&mut header, &addresses),
+            crate::config::ProxyVersion::V2 => {
+                let tls_version = conn.tls.protocol_version().map(crate::tls::version_name);
+                let cipher = conn.tls.cipher_suite().map(crate::tls::openssl_cipher_name);
+                let tlvs = crate::proxy::Tlvs {
+                    alpn: conn.tls.alpn_protocol(),
+                    authority: conn
+                        .tls
+                        .chosen()
+                        .and_then(|chosen| chosen.server_name.as_deref()),
+                    ssl: Some(crate::proxy::Ssl {
+                        version: tls_version.unwrap_or(""),
+                        cipher: cipher.unwrap_or(""),
+                        client_cert_verified: false,
+                    }),
+                };
+                if let Err(err) = crate::proxy::encode_v2(&mut header, &addresses, &tlvs) {
+                    warning!("cannot encode a PROXY v2 header: {err}; sending it without TLVs");
+                    header.clear();
+                    let _ = crate::proxy::encode_v2(&mut header, &addresses, &Default::default());
+                }
+            }
+        }
+        header.extend_from_slice(&conn.relay.to_backend);
+        conn.relay.to_backend = header;
     }
 
     /// Posts whatever operations the connection's state calls for. Every event
@@ -988,6 +1133,24 @@ impl Worker {
         };
         self.free.push(slot);
         self.live -= 1;
+        let reason = conn.reason.unwrap_or(CloseReason::Internal);
+        match reason {
+            CloseReason::HandshakeTimeout => self
+                .metrics
+                .handshake_failed(conn.service, HandshakeFailure::Timeout),
+            CloseReason::HandshakeEof => self
+                .metrics
+                .handshake_failed(conn.service, HandshakeFailure::Eof),
+            _ => {}
+        }
+        self.metrics.closed(
+            conn.service,
+            reason,
+            conn.accepted_at.elapsed(),
+            conn.bytes_up,
+            conn.bytes_down,
+            conn.path,
+        );
         self.log_finished(&conn);
         // Dropping the connection closes both sockets.
         drop(conn);
@@ -1030,19 +1193,45 @@ impl Worker {
     }
 }
 
-fn backend_socket(address: &Address, local: Option<std::net::IpAddr>) -> io::Result<Socket> {
+/// The source address of a backend connection.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    /// `local = IP`: bind to this address with a kernel-chosen port.
+    Local(std::net::IpAddr),
+    /// `transparent = source`: bind to the client's own address, which needs
+    /// IP_TRANSPARENT (CAP_NET_ADMIN) and policy routing for the replies.
+    Transparent(SocketAddr),
+}
+
+fn backend_socket(address: &Address, source: Option<Source>) -> io::Result<Socket> {
     let domain = match address {
         Address::Inet(addr) => Domain::for_address(*addr),
         Address::Unix(_) => Domain::UNIX,
     };
     let socket = Socket::new(domain, Type::STREAM.nonblocking().cloexec(), None)?;
-    if let Address::Inet(_) = address {
+    if let Address::Inet(backend) = address {
         socket.set_tcp_nodelay(true)?;
-        if let Some(local) = local {
-            if local.is_ipv4() {
-                crate::sys::set_bind_address_no_port(socket.as_raw_fd())?;
+        match source {
+            Some(Source::Local(local)) => {
+                if local.is_ipv4() {
+                    crate::sys::set_bind_address_no_port(socket.as_raw_fd())?;
+                }
+                socket.bind(&SocketAddr::new(local, 0).into())?;
             }
-            socket.bind(&SocketAddr::new(local, 0).into())?;
+            Some(Source::Transparent(client)) => {
+                crate::sys::set_transparent(socket.as_raw_fd(), backend.is_ipv6())?;
+                // Port 0: the client's own port may already be in use here for a
+                // connection from the same client to another backend.
+                let ip = match (client.ip(), backend.is_ipv6()) {
+                    (std::net::IpAddr::V6(v6), false) => v6
+                        .to_ipv4_mapped()
+                        .map(std::net::IpAddr::V4)
+                        .unwrap_or(std::net::IpAddr::V6(v6)),
+                    (ip, _) => ip,
+                };
+                socket.bind(&SocketAddr::new(ip, 0).into())?;
+            }
+            None => {}
         }
     }
     Ok(socket)

@@ -319,3 +319,13 @@ pub fn lookup_group(name: &str) -> io::Result<Option<libc::gid_t>> {
     }
     Ok(name.parse::<libc::gid_t>().ok())
 }
+
+/// Sets IP_TRANSPARENT (or IPV6_TRANSPARENT), so the socket may bind to an
+/// address that is not local. Needs CAP_NET_ADMIN.
+pub fn set_transparent(fd: RawFd, ipv6: bool) -> io::Result<()> {
+    if ipv6 {
+        setsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_TRANSPARENT, 1)
+    } else {
+        setsockopt_int(fd, libc::IPPROTO_IP, libc::IP_TRANSPARENT, 1)
+    }
+}

@@ -237,6 +237,12 @@ impl Proxy {
         )
     }
 
+    /// Starts a command that runs tlsplice, such as a wrapper that sets limits.
+    pub fn start_command(command: &mut Command, services: usize) -> Proxy {
+        let dir = TempDir::new("proxy");
+        Proxy::spawn(command, services, dir)
+    }
+
     /// Starts tlsplice with command-line arguments.
     pub fn start_args(args: &[&str], services: usize) -> Proxy {
         let dir = TempDir::new("proxy");
@@ -279,6 +285,9 @@ impl Proxy {
                     proxy.output()
                 )
             });
+            if !line.contains(" notice service ") {
+                continue;
+            }
             if let Some(rest) = line.split(" listening on ").nth(1) {
                 let addr = rest.split_whitespace().next().unwrap();
                 proxy.addrs.push(addr.parse().expect("listening address"));
@@ -543,4 +552,152 @@ pub fn is_root() -> bool {
         .output()
         .map(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
         .unwrap_or(false)
+}
+
+// ---- real peers: nginx and haproxy ----
+
+/// Path of an installed program, or `None` with a note, so a test can skip on a
+/// machine without it. CI installs every program the tests use.
+pub fn program(name: &str) -> Option<PathBuf> {
+    for dir in [
+        "/usr/sbin",
+        "/usr/bin",
+        "/usr/local/sbin",
+        "/usr/local/bin",
+        "/sbin",
+        "/bin",
+    ] {
+        let path = Path::new(dir).join(name);
+        if path.exists() {
+            return Some(path);
+        }
+    }
+    eprintln!("note: {name} is not installed; skipping this test");
+    None
+}
+
+/// A loopback port that was free when checked. Programs configured with a
+/// fixed port (nginx, haproxy) get one of these.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until something accepts connections on `addr`.
+pub fn wait_listening(addr: SocketAddr) {
+    let deadline = Instant::now() + WAIT;
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {addr}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A child process killed on drop.
+pub struct Daemon(pub Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts nginx in the foreground with `http_body` inside its `http {}` block.
+pub fn start_nginx(dir: &TempDir, http_body: &str) -> Option<Daemon> {
+    let nginx = program("nginx")?;
+    let prefix = dir.join("nginx");
+    std::fs::create_dir_all(prefix.join("logs")).unwrap();
+    let config = format!(
+        "daemon off;\nmaster_process off;\nworker_processes 1;\npid {prefix}/nginx.pid;\n\
+         error_log {prefix}/logs/error.log warn;\nevents {{ worker_connections 256; }}\n\
+         http {{\n client_body_temp_path {prefix}/body;\n proxy_temp_path {prefix}/proxy;\n\
+         fastcgi_temp_path {prefix}/fastcgi;\n uwsgi_temp_path {prefix}/uwsgi;\n scgi_temp_path {prefix}/scgi;\n\
+         {http_body}\n}}\n",
+        prefix = prefix.display()
+    );
+    let path = prefix.join("nginx.conf");
+    std::fs::write(&path, config).unwrap();
+    let child = Command::new(nginx)
+        .arg("-p")
+        .arg(&prefix)
+        .arg("-c")
+        .arg(&path)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("nginx starts");
+    Some(Daemon(child))
+}
+
+/// Starts haproxy in the foreground with the given configuration.
+pub fn start_haproxy(dir: &TempDir, config: &str) -> Option<Daemon> {
+    let haproxy = program("haproxy")?;
+    let path = dir.write("haproxy.cfg", config);
+    let child = Command::new(haproxy)
+        .arg("-db")
+        .arg("-f")
+        .arg(&path)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("haproxy starts");
+    Some(Daemon(child))
+}
+
+/// Sends one HTTP/1.1 request over TLS and returns the whole response.
+pub fn https_get(
+    addr: SocketAddr,
+    config: &Arc<rustls::ClientConfig>,
+    server_name: &str,
+    path: &str,
+) -> String {
+    let mut stream = tls_connect(addr, config, server_name).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {server_name}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    stream.flush().unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response
+}
+
+/// Runs `ip` with `args`; panics with its error output on failure.
+pub fn ip(args: &[&str]) {
+    let output = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("the ip command runs");
+    assert!(
+        output.status.success(),
+        "ip {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Network namespaces created by a test, deleted on drop.
+pub struct Namespaces(pub Vec<String>);
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for name in &self.0 {
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
+        }
+    }
+}
+
+impl Proxy {
+    /// Starts tlsplice inside network namespace `namespace`.
+    pub fn start_in_namespace(namespace: &str, config: &str) -> Proxy {
+        let dir = TempDir::new("proxy-ns");
+        let text = format!("foreground = yes\nsyslog = no\ndebug = info\n{config}");
+        let path = dir.write("tlsplice.conf", &text);
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", namespace, binary()])
+            .arg(&path);
+        Proxy::spawn(&mut command, 1, dir)
+    }
 }

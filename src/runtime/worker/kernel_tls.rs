@@ -266,8 +266,11 @@ impl Worker {
         if up > 0 {
             conn.first_request_at.get_or_insert(now);
         }
-        if down > 0 {
+        if down > 0 && !conn.backend_replied {
             conn.backend_replied = true;
+            if let Some(request) = conn.first_request_at {
+                self.metrics.first_byte(conn.service, now - request);
+            }
         }
         if let Some(plaintext) = plaintext {
             conn.bytes_up += plaintext.len() as u64;

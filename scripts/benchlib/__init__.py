@@ -1,0 +1,1 @@
+"""Modules of scripts/bench, the tlsplice benchmark harness."""
