@@ -12,6 +12,11 @@
 //! A splice from a pipe cannot tell "pipe full" from "socket empty": both are
 //! `EAGAIN`. So a direction waits for its source only while its pipe is empty,
 //! and otherwise waits for its destination to take bytes out of the pipe.
+//!
+//! NOTE: on a kernel whose tls ULP does not override poll(2), POLLIN on the client
+//! socket reports any TCP bytes, not only a complete record. A record that arrives
+//! slowly then costs repeated poll completions and `EAGAIN` splices until its last
+//! byte arrives. Whether Linux 6.1 overrides poll for kTLS sockets is unverified.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
