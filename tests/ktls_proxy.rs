@@ -442,7 +442,22 @@ fn fifteen_hundred_concurrent_connections() {
     let dir = TempDir::new("ktls-concurrent");
     let cert = test_cert(&dir);
     let backend = Backend::echo();
-    let proxy = Proxy::start(&service(&cert, &backend, "on"));
+    // The kernel exempts root from the per-user pipe budget
+    // (fs.pipe-user-pages-soft), so a proxy started as root drops to nobody's ids.
+    let user = if is_root() {
+        "setuid = nobody\nsetgid = nogroup\n"
+    } else {
+        ""
+    };
+    let proxy = Proxy::start(&format!("{user}{}", service(&cert, &backend, "on")));
+    if is_root() {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", proxy.pid())).unwrap();
+        let uid_line = status
+            .lines()
+            .find(|line| line.starts_with("Uid:"))
+            .unwrap();
+        assert!(uid_line.contains("65534"), "{uid_line}");
+    }
     let config = default_client(&cert);
 
     let mut streams = Vec::with_capacity(COUNT);
