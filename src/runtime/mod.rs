@@ -55,6 +55,11 @@ pub enum RunError {
         error: io::Error,
     },
     Privileges(PrivilegeError),
+    /// A service sets `ktls = on`, but the kernel has no usable tls ULP.
+    KtlsUnavailable {
+        service: String,
+        reason: String,
+    },
     /// A worker thread failed while running.
     Worker(io::Error),
     /// Any other operating-system failure, with what was being done.
@@ -90,6 +95,10 @@ impl fmt::Display for RunError {
                 Ok(())
             }
             RunError::Privileges(err) => write!(f, "{err}"),
+            RunError::KtlsUnavailable { service, reason } => write!(
+                f,
+                "service [{service}]: ktls = on, but {reason}; load the tls module (modprobe tls) or set ktls = auto"
+            ),
             RunError::Worker(err) => write!(f, "a worker failed: {err}"),
             RunError::Io { action, error } => write!(f, "{action}: {error}"),
         }
@@ -118,6 +127,35 @@ pub fn probe_io_uring() -> Result<(), RunError> {
     })
     .map(drop)
     .map_err(RunError::IoUringUnavailable)
+}
+
+/// Probes kernel TLS once, before the chroot and the worker threads, when a
+/// service may use it, and rejects a service with `ktls = on` when the kernel
+/// cannot offload.
+fn check_kernel_tls(services: &[Service]) -> Result<(), RunError> {
+    use crate::config::KtlsMode;
+
+    if services
+        .iter()
+        .all(|service| service.config.ktls == KtlsMode::Off)
+    {
+        return Ok(());
+    }
+    let support = crate::tls::kernel::probe();
+    notice!("{support}");
+    if support.is_available() {
+        return Ok(());
+    }
+    match services
+        .iter()
+        .find(|service| service.config.ktls == KtlsMode::On)
+    {
+        Some(service) => Err(RunError::KtlsUnavailable {
+            service: service.name.clone(),
+            reason: support.to_string(),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Loads every service's certificates and TLS settings, without starting anything.
@@ -297,6 +335,8 @@ fn start_logged(
         Ok(limit) => crate::debug!("file descriptor limit: {limit}"),
         Err(err) => warning!("cannot raise the file descriptor limit: {err}"),
     }
+
+    check_kernel_tls(&services)?;
 
     let cpus = crate::sys::allowed_cpus();
     let workers = global.threads.unwrap_or_else(|| cpus.len().max(1)).max(1);

@@ -1,5 +1,9 @@
 //! A worker thread: one io_uring, its own listeners, and a slab of connections.
 //! Workers share only read-only service data and a stop flag.
+//!
+//! The kernel TLS hand-off and the splice relay's hooks live in [`kernel_tls`].
+
+mod kernel_tls;
 
 use std::io;
 use std::net::SocketAddr;
@@ -16,7 +20,7 @@ use super::{Service, Shared};
 use crate::config::Address;
 use crate::log::{CloseReason, ConnectionRecord};
 use crate::metrics::{HandshakeFailure, WorkerMetrics};
-use crate::relay::{DataPath, UserspaceRelay};
+use crate::relay::{DataPath, PipePool, UserspaceRelay};
 use crate::sys::ring::{Completion, Op, Ring, RingConfig};
 use crate::tls::TlsSession;
 use crate::{debug, info, warning};
@@ -63,6 +67,8 @@ pub struct Worker {
     starved: Vec<(u32, u32, Kind)>,
     /// Spare send buffers, reused to avoid an allocation per send.
     pool: Vec<Vec<u8>>,
+    /// Empty pipes for the kernel TLS relay.
+    pipes: PipePool,
     shutdown_timeout: Duration,
     stop_deadline: Option<Instant>,
     metrics: WorkerMetrics,
@@ -72,6 +78,8 @@ pub struct Worker {
 const POOL_MAX: usize = 256;
 /// Send buffers larger than this are freed rather than pooled.
 const POOL_BUFFER_MAX: usize = 64 * 1024;
+/// Idle pipes kept for reuse, at most.
+const PIPE_POOL_MAX: usize = 64;
 
 impl Worker {
     pub fn new(
@@ -111,6 +119,7 @@ impl Worker {
             finishing: Vec::new(),
             starved: Vec::new(),
             pool: Vec::new(),
+            pipes: PipePool::new(PIPE_POOL_MAX),
             shutdown_timeout: config.shutdown_timeout,
             stop_deadline: None,
             metrics: config.metrics,
@@ -332,6 +341,8 @@ impl Worker {
             tls: Box::new(tls),
             relay: UserspaceRelay::default(),
             path: DataPath::Userspace,
+            handoff_pending: false,
+            splice: None,
             inflight: 0,
             client_eof: false,
             backend_eof: false,
@@ -471,6 +482,10 @@ impl Worker {
                 conn.backend_write_closed = true;
                 self.drive(slot)
             }
+            Kind::ClientReadable
+            | Kind::ClientWritable
+            | Kind::BackendReadable
+            | Kind::BackendWritable => self.drive(slot),
             Kind::Accept | Kind::Tick | Kind::Wake => unreachable!("not a connection operation"),
         }
     }
@@ -658,6 +673,9 @@ impl Worker {
                 crate::tls::version_name(version),
                 suite.suite()
             );
+        }
+        if self.choose_data_path(slot)? == kernel_tls::Flow::Stopped {
+            return Ok(());
         }
         self.connect_next(slot)
     }
@@ -960,6 +978,12 @@ impl Worker {
         if self.conn(slot).phase == Phase::Closing {
             return Ok(());
         }
+        if self.conn(slot).is_kernel_tls()
+            && self.drive_kernel_tls(slot)? == kernel_tls::Flow::Stopped
+        {
+            return Ok(());
+        }
+
         // Start sends of queued bytes.
         let client_ready = {
             let conn = self.conn(slot);
