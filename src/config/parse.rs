@@ -348,9 +348,7 @@ impl Parser {
             Opt::ShutdownTimeout => {
                 global.shutdown_timeout = context.check(entry, value::seconds(value, 30, true))?
             }
-            Opt::Stats => {
-                global.stats = Some(context.check(entry, value::literal_socket_address(value))?)
-            }
+            Opt::Stats => global.stats = Some(context.check(entry, value::stats_address(value))?),
             Opt::HistogramLog => global.histogram_log = Some(PathBuf::from(value)),
             Opt::HistogramLogInterval => {
                 global.histogram_log_interval =
