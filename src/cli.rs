@@ -113,6 +113,7 @@ fn exit_code(err: &RunError) -> u8 {
         RunError::IoUringUnavailable(_)
         | RunError::Bind { .. }
         | RunError::Privileges(_)
+        | RunError::KtlsUnavailable { .. }
         | RunError::Io { .. } => EXIT_STARTUP as u8,
         RunError::Worker(_) => EXIT_RUNTIME,
     }

@@ -247,6 +247,49 @@ fn config_errors_name_file_line_option_and_value() {
         }
     }
 
+    // An encrypted key is reported at the key line, with what to do.
+    let encrypted = dir.join("encrypted.key");
+    let status = Command::new("openssl")
+        .args(["pkey", "-in"])
+        .arg(&cert.key)
+        .args(["-aes256", "-passout", "pass:secret", "-out"])
+        .arg(&encrypted)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (code, stderr) = run_config(
+        &dir,
+        &format!(
+            "{head}cert = {}\nkey = {}\n",
+            cert.cert.display(),
+            encrypted.display()
+        ),
+    );
+    assert_eq!(code, 3, "{stderr}");
+    assert!(
+        stderr.contains(&format!("{file}:5: key = {}", encrypted.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("encrypted"), "{stderr}");
+
+    // Settings that parse but cannot work here are caught by --check too.
+    let machine_cases: Vec<(String, &str)> = vec![
+        (format!("{head}{good_cert}local = 192.0.2.1\n"), "local = 192.0.2.1"),
+        (format!("{head}{good_cert}local = ::1\n"), "different IP versions"),
+        (
+            format!("{head}{good_cert}[again]\naccept = 127.0.0.1:7443\nconnect = 127.0.0.1:9\n{good_cert}[twice]\naccept = 127.0.0.1:7443\nconnect = 127.0.0.1:9\n{good_cert}"),
+            "both accept on this address",
+        ),
+        (format!("output = /nonexistent/dir/t.log\n{head}{good_cert}"), "directory /nonexistent/dir does not exist"),
+        (format!("chroot = /nonexistent/jail\n{head}{good_cert}"), "chroot = /nonexistent/jail"),
+        (format!("{head}{good_cert}TIMEOUTidle = 60 ; one minute\n"), "comments must be on their own line"),
+    ];
+    for (text, needle) in machine_cases {
+        let (code, stderr) = run_config(&dir, &text);
+        assert_eq!(code, 3, "config:\n{text}\nstderr: {stderr}");
+        assert!(stderr.contains(needle), "expected {needle:?} in {stderr:?}");
+    }
+
     // Transparent mode needs a capability that setuid drops.
     let (code, stderr) = run_config(
         &dir,
@@ -285,6 +328,33 @@ fn address_in_use_is_a_start_up_error() {
         stderr.contains(&format!("service [web]: accept = {addr}")),
         "{stderr}"
     );
+    assert!(stderr.contains("Address already in use"), "{stderr}");
+}
+
+#[test]
+fn second_instance_on_same_port_is_refused() {
+    let backend = Backend::echo();
+    let first = Proxy::start_args(
+        &[
+            "--accept",
+            "127.0.0.1:0",
+            "--connect",
+            &backend.addr.to_string(),
+        ],
+        1,
+    );
+    // The first instance listens with SO_REUSEPORT; a second must not share it.
+    let output = Command::new(binary())
+        .args([
+            "--accept",
+            &first.addr().to_string(),
+            "--connect",
+            &backend.addr.to_string(),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(4), "{stderr}");
     assert!(stderr.contains("Address already in use"), "{stderr}");
 }
 

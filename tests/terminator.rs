@@ -522,8 +522,11 @@ fn sigterm_drains_open_connections() {
 
     let status = proxy.wait_exit();
     assert!(status.success(), "exit status {status:?}");
-    let line = &proxy.wait_for_conn_lines(1)[0];
-    assert_eq!(field(line, "reason"), "done");
+    // Probe connections made while the listeners closed log lines of their own;
+    // pick the line of the connection that stayed open.
+    let port = open.sock.local_addr().unwrap().port();
+    let line = proxy.wait_for_line(&[" conn service=", &format!("client=127.0.0.1:{port} ")]);
+    assert_eq!(field(&line, "reason"), "done");
 }
 
 #[test]
@@ -543,4 +546,61 @@ fn sigterm_grace_period_closes_idle_connections() {
     assert!(status.success(), "exit status {status:?}");
     let line = &proxy.wait_for_conn_lines(1)[0];
     assert_eq!(field(line, "reason"), "shutdown");
+}
+
+#[test]
+fn unix_listener_orderly_close_is_done() {
+    let Some(curl) = program("curl") else { return };
+    let dir = TempDir::new("unix-listener");
+    let cert = make_cert(&dir, "server", KeyKind::EcdsaP256, &["localhost"]);
+    let backend = Backend::start(|mut stream| {
+        let mut request = [0u8; 1024];
+        let _ = stream.read(&mut request);
+        let _ = stream
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+    });
+    let socket = dir.join("tls.sock");
+    let proxy = Proxy::start(&format!(
+        "[unix]\naccept = {}\nconnect = {}\ncert = {}\nkey = {}\n",
+        socket.display(),
+        backend.addr,
+        cert.cert.display(),
+        cert.key.display()
+    ));
+    for _ in 0..3 {
+        let output = std::process::Command::new(&curl)
+            .args(["--silent", "--show-error", "--insecure", "--unix-socket"])
+            .arg(&socket)
+            .arg("https://localhost/")
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&output.stdout), "ok");
+    }
+    let lines = proxy.wait_for_conn_lines(3);
+    for line in &lines {
+        assert_eq!(field(line, "reason"), "done", "{line}");
+        assert_eq!(field(line, "client"), "-", "{line}");
+    }
+}
+
+#[test]
+fn dual_stack_listener_logs_ipv4_clients_plainly() {
+    let dir = TempDir::new("dual-stack");
+    let cert = make_cert(&dir, "server", KeyKind::EcdsaP256, &["localhost"]);
+    let backend = Backend::echo();
+    // A bare port listens on all interfaces, IPv4 and IPv6.
+    let proxy = Proxy::start(&format!(
+        "[any]\naccept = 0\nconnect = {}\ncert = {}\nkey = {}\n",
+        backend.addr,
+        cert.cert.display(),
+        cert.key.display()
+    ));
+    let port = proxy.addr().port();
+    let config = client_config(std::slice::from_ref(&cert.der), rustls::ALL_VERSIONS);
+    let mut stream = tls_connect(([127, 0, 0, 1], port).into(), &config, "localhost").unwrap();
+    echo_round_trip(&mut stream, b"v4");
+    let client = stream.sock.local_addr().unwrap();
+    drop(stream);
+    let line = &proxy.wait_for_conn_lines(1)[0];
+    assert_eq!(field(line, "client"), client.to_string());
 }

@@ -33,6 +33,11 @@ pub(super) fn config_from_flags(flags: &Flags, resolve: Resolver) -> Result<Conf
                     line: 0,
                     option: "--cert".to_string(),
                 },
+                key_origin: key.as_ref().map(|_| Origin {
+                    file: None,
+                    line: 0,
+                    option: "--key".to_string(),
+                }),
             }]
         }
     };

@@ -147,6 +147,8 @@ pub struct CertSource {
     pub key: Option<PathBuf>,
     /// Where the `cert` option was written, for error messages.
     pub origin: Origin,
+    /// Where the `key` option was written, when there is one.
+    pub key_origin: Option<Origin>,
 }
 
 /// A server-name route on a listener.

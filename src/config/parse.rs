@@ -201,6 +201,17 @@ impl Parser {
             option: option.trim().to_string(),
             value: value.trim().to_string(),
         };
+        // stunnel reads a `;` after a value as part of the value, so an inline
+        // comment silently changes a path. Reject the common form instead.
+        if let Some(start) = entry.value.find(" ;").or_else(|| entry.value.find(" #")) {
+            return Err(self.context.error_at(
+                &entry,
+                format!(
+                    "comments must be on their own line; move `{}` to a line of its own",
+                    entry.value[start + 1..].trim()
+                ),
+            ));
+        }
         self.option(&entry)
     }
 
@@ -337,9 +348,7 @@ impl Parser {
             Opt::ShutdownTimeout => {
                 global.shutdown_timeout = context.check(entry, value::seconds(value, 30, true))?
             }
-            Opt::Stats => {
-                global.stats = Some(context.check(entry, value::literal_socket_address(value))?)
-            }
+            Opt::Stats => global.stats = Some(context.check(entry, value::stats_address(value))?),
             Opt::HistogramLog => global.histogram_log = Some(PathBuf::from(value)),
             Opt::HistogramLogInterval => {
                 global.histogram_log_interval =
@@ -465,6 +474,9 @@ fn service_option(
                 .push(early_key.as_ref().map(|(_, key_entry)| key_entry.line));
             scope.certs.push(CertSource {
                 cert: path,
+                key_origin: early_key
+                    .as_ref()
+                    .map(|(_, key_entry)| context.origin(key_entry)),
                 key: early_key.map(|(key, _)| key),
                 origin: context.origin(entry),
             });
@@ -630,6 +642,7 @@ fn key_option(
         ));
     }
     cert.key = Some(path);
+    cert.key_origin = Some(context.origin(entry));
     *key_line = Some(entry.line);
     Ok(())
 }

@@ -756,7 +756,7 @@ fn error_value_messages() {
         ("chroot = jail", "chroot = jail: relative path; use an absolute path such as /var/run/tlsplice"),
         (
             "stats = localhost:9100",
-            "stats = localhost:9100: invalid address; use a literal IP address and port such as 127.0.0.1:9100",
+            "stats = localhost:9100: invalid address; use a port (bound to 127.0.0.1) or a literal IP address and port such as 127.0.0.1:9100",
         ),
         (
             "debug = 8",

@@ -121,11 +121,16 @@ pub fn ip(value: &str) -> Result<IpAddr, String> {
     })
 }
 
-/// Parses a literal `ip:port` or `[ipv6]:port` without name resolution.
-pub fn literal_socket_address(value: &str) -> Result<SocketAddr, String> {
-    value.parse().map_err(|_| {
-        "invalid address; use a literal IP address and port such as 127.0.0.1:9100".to_string()
-    })
+/// Parses the `stats` address: a literal `ip:port`, or a bare port, which binds
+/// to loopback only, since the pages show service names and traffic volumes.
+pub fn stats_address(value: &str) -> Result<SocketAddr, String> {
+    match value.parse::<u16>() {
+        Ok(port) => Ok(SocketAddr::from(([127, 0, 0, 1], port))),
+        Err(_) => value.parse().map_err(|_| {
+            "invalid address; use a port (bound to 127.0.0.1) or a literal IP address and port such as 127.0.0.1:9100"
+                .to_string()
+        }),
+    }
 }
 
 /// Parses `yes` or `no`.

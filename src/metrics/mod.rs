@@ -85,14 +85,19 @@ impl HandshakeFailure {
                 HandshakeFailure::BadRecord
             }
             Error::AlertReceived(_) => HandshakeFailure::AlertReceived,
-            Error::PeerIncompatible(PeerIncompatible::NoCipherSuitesInCommon) => {
-                HandshakeFailure::NoSharedCipherSuite
-            }
+            // A client that shares no key exchange group cannot agree on an
+            // ECDHE suite either, so it counts with the cipher suites.
+            Error::PeerIncompatible(
+                PeerIncompatible::NoCipherSuitesInCommon | PeerIncompatible::NoKxGroupsInCommon,
+            ) => HandshakeFailure::NoSharedCipherSuite,
+            // TLS 1.0 and 1.1 clients send no signature_algorithms extension,
+            // which is how rustls notices them.
             Error::PeerIncompatible(
                 PeerIncompatible::SupportedVersionsExtensionRequired
                 | PeerIncompatible::Tls12NotOffered
                 | PeerIncompatible::Tls12NotOfferedOrEnabled
-                | PeerIncompatible::ServerDoesNotSupportTls12Or13,
+                | PeerIncompatible::ServerDoesNotSupportTls12Or13
+                | PeerIncompatible::SignatureAlgorithmsExtensionRequired,
             ) => HandshakeFailure::NoSharedVersion,
             _ => HandshakeFailure::Other,
         }

@@ -79,6 +79,7 @@ pub fn run(config: &Config, ready: &mut Option<io::PipeWriter>) -> Result<(), Ru
     let (control, key_pid, descriptions) = start_key_process(config, count, ready)?;
     let (control, key_links) = control;
     let services = build_services(config, &descriptions)?;
+    crate::runtime::check_kernel_tls(&services)?;
 
     let mut listeners = Vec::with_capacity(services.len());
     let mut services = services;

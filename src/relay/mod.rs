@@ -2,11 +2,13 @@
 //!
 //! The worker owns the sockets and submits the I/O; a relay owns the bytes in
 //! between and decides what each completion turns into. [`userspace`] decrypts and
-//! encrypts with rustls in this process. A kernel TLS relay, which splices between
-//! sockets through pipes, plugs in beside it as a second mode.
+//! encrypts with rustls in this process. [`splice`] runs after a hand-off to kernel
+//! TLS and moves bytes between the sockets through pipes.
 
+pub mod splice;
 pub mod userspace;
 
+pub use splice::{PipePool, SpliceRelay};
 pub use userspace::UserspaceRelay;
 
 /// Which data path a connection took after the handshake, as written in its log

@@ -7,7 +7,7 @@ use std::time::{Instant, SystemTime};
 use super::token::Kind;
 use crate::config::Address;
 use crate::log::CloseReason;
-use crate::relay::{DataPath, UserspaceRelay};
+use crate::relay::{DataPath, SpliceRelay, UserspaceRelay};
 use crate::tls::TlsSession;
 
 /// The phase of a connection's life.
@@ -47,6 +47,11 @@ pub struct Conn {
     pub tls: Box<TlsSession>,
     pub relay: UserspaceRelay,
     pub path: DataPath,
+    /// The handshake chose kernel TLS, and the hand-off waits until the handshake
+    /// output is sent and no partial record is buffered.
+    pub handoff_pending: bool,
+    /// The kernel TLS relay, once the hand-off is done.
+    pub splice: Option<Box<SpliceRelay>>,
 
     /// Kinds of operations in flight, as [`Kind::bit`] values.
     pub inflight: u16,
@@ -59,6 +64,8 @@ pub struct Conn {
     /// close_notify and shutdown(SHUT_WR) toward the client completed.
     pub client_write_closed: bool,
     pub close_notify_queued: bool,
+    /// Size of the close_notify record queued for the client.
+    pub close_notify_bytes: usize,
     /// Close once everything queued for the client is sent (after a TLS error,
     /// so the alert reaches the client).
     pub close_after_flush: Option<CloseReason>,
@@ -93,7 +100,7 @@ impl Conn {
 
     /// Whether a client receive should be posted now.
     pub fn wants_client_recv(&self) -> bool {
-        if self.is_inflight(Kind::ClientRecv) || self.client_eof {
+        if self.is_inflight(Kind::ClientRecv) || self.client_eof || self.is_kernel_tls() {
             return false;
         }
         match self.phase {
@@ -106,6 +113,7 @@ impl Conn {
     /// Whether a backend receive should be posted now.
     pub fn wants_backend_recv(&self) -> bool {
         self.phase == Phase::Relaying
+            && !self.is_kernel_tls()
             && !self.is_inflight(Kind::BackendRecv)
             && !self.backend_eof
             && self.relay.to_client.is_empty()
@@ -118,6 +126,16 @@ impl Conn {
             || !self.relay.to_backend.is_empty()
             || self.is_inflight(Kind::ClientSend)
             || self.is_inflight(Kind::BackendSend)
+            || self
+                .splice
+                .as_ref()
+                .is_some_and(|splice| splice.has_pending())
+    }
+
+    /// The connection uses kernel TLS or is about to, so the ring must not read
+    /// its sockets.
+    pub fn is_kernel_tls(&self) -> bool {
+        self.handoff_pending || self.splice.is_some()
     }
 
     /// Both directions have finished in order.

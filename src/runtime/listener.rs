@@ -50,7 +50,22 @@ pub fn bind(address: &Address, workers: usize) -> io::Result<ServiceListeners> {
     }
 }
 
+/// Fails with EADDRINUSE when another socket listens on `addr`, even one that set
+/// SO_REUSEPORT: a probe bound without SO_REUSEPORT cannot share the port, so a
+/// second tlsplice (or any reuseport listener) cannot silently split the traffic.
+fn ensure_unshared(addr: SocketAddr) -> io::Result<()> {
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), None)?;
+    probe.set_reuse_address(true)?;
+    if addr.is_ipv6() && addr.ip().is_unspecified() {
+        probe.set_only_v6(false)?;
+    }
+    probe.bind(&addr.into())
+}
+
 fn bind_inet(mut addr: SocketAddr, workers: usize) -> io::Result<ServiceListeners> {
+    if addr.port() != 0 {
+        ensure_unshared(addr)?;
+    }
     let mut sockets = Vec::with_capacity(workers);
     for _ in 0..workers {
         let socket = Socket::new(

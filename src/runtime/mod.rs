@@ -55,6 +55,11 @@ pub enum RunError {
         error: io::Error,
     },
     Privileges(PrivilegeError),
+    /// A service sets `ktls = on`, but the kernel has no usable tls ULP.
+    KtlsUnavailable {
+        service: String,
+        reason: String,
+    },
     /// A worker thread failed while running.
     Worker(io::Error),
     /// Any other operating-system failure, with what was being done.
@@ -80,7 +85,9 @@ impl fmt::Display for RunError {
                 error,
             } => {
                 write!(f, "service [{service}]: accept = {address}: cannot listen: {error}")?;
-                if error.kind() == io::ErrorKind::AddrInUse {
+                if error.kind() == io::ErrorKind::AddrInUse && address.starts_with('/') {
+                    write!(f, "; another process listens on this socket: stop it or choose another path")?;
+                } else if error.kind() == io::ErrorKind::AddrInUse {
                     write!(f, "; stop the process using that address or choose another port")?;
                 } else if error.kind() == io::ErrorKind::PermissionDenied {
                     write!(f, "; ports below 1024 need root or CAP_NET_BIND_SERVICE")?;
@@ -88,6 +95,10 @@ impl fmt::Display for RunError {
                 Ok(())
             }
             RunError::Privileges(err) => write!(f, "{err}"),
+            RunError::KtlsUnavailable { service, reason } => write!(
+                f,
+                "service [{service}]: ktls = on, but {reason}; load the tls module (modprobe tls) or set ktls = auto"
+            ),
             RunError::Worker(err) => write!(f, "a worker failed: {err}"),
             RunError::Io { action, error } => write!(f, "{action}: {error}"),
         }
@@ -118,9 +129,38 @@ pub fn probe_io_uring() -> Result<(), RunError> {
     .map_err(RunError::IoUringUnavailable)
 }
 
+/// Probes kernel TLS once, before the chroot and the worker threads, when a
+/// service may use it, and rejects a service with `ktls = on` when the kernel
+/// cannot offload.
+pub(crate) fn check_kernel_tls(services: &[Service]) -> Result<(), RunError> {
+    use crate::config::KtlsMode;
+
+    if services
+        .iter()
+        .all(|service| service.config.ktls == KtlsMode::Off)
+    {
+        return Ok(());
+    }
+    let support = crate::tls::kernel::probe();
+    notice!("{support}");
+    if support.is_available() {
+        return Ok(());
+    }
+    match services
+        .iter()
+        .find(|service| service.config.ktls == KtlsMode::On)
+    {
+        Some(service) => Err(RunError::KtlsUnavailable {
+            service: service.name.clone(),
+            reason: support.to_string(),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Loads every service's certificates and TLS settings, without starting anything.
 pub fn load_services(config: &Config) -> Result<Vec<Service>, RunError> {
-    check_combinations(config)?;
+    check_environment(config)?;
     config
         .services
         .iter()
@@ -134,29 +174,136 @@ pub fn load_services(config: &Config) -> Result<Vec<Service>, RunError> {
         .collect()
 }
 
-/// Rejects option combinations that parse but cannot work at run time.
-fn check_combinations(config: &Config) -> Result<(), ConfigError> {
-    let Some(user) = &config.global.setuid else {
-        return Ok(());
+/// Rejects settings that parse but cannot work on this machine, so `--check`
+/// catches them before a start fails: option combinations, `local` addresses,
+/// duplicate listening addresses, and missing directories.
+fn check_environment(config: &Config) -> Result<(), ConfigError> {
+    let error = |option: &str, value: String, message: String| ConfigError {
+        file: config.source.clone(),
+        line: 0,
+        option: Some(option.into()),
+        value: Some(value),
+        message,
     };
-    match config.services.iter().find(|service| service.transparent_source) {
-        Some(service) => Err(ConfigError {
-            file: config.source.clone(),
-            line: 0,
-            option: Some("transparent".into()),
-            value: Some("source".into()),
-            message: format!(
-                "service [{}] needs CAP_NET_ADMIN for transparent mode, which `setuid = {user}` drops; remove setuid or the transparent option",
-                service.name
-            ),
-        }),
-        None => Ok(()),
+    let global = &config.global;
+
+    if let Some(user) = &global.setuid {
+        if let Some(service) = config
+            .services
+            .iter()
+            .find(|service| service.transparent_source)
+        {
+            return Err(error(
+                "transparent",
+                "source".into(),
+                format!(
+                    "service [{}] needs CAP_NET_ADMIN for transparent mode, which `setuid = {user}` drops; remove setuid or the transparent option",
+                    service.name
+                ),
+            ));
+        }
     }
+
+    for (index, service) in config.services.iter().enumerate() {
+        let duplicate = config.services[..index].iter().find(|other| {
+            other.accept == service.accept
+                && !matches!(service.accept, crate::config::Address::Inet(addr) if addr.port() == 0)
+        });
+        if let Some(other) = duplicate {
+            return Err(error(
+                "accept",
+                worker::display_address(&service.accept),
+                format!(
+                    "services [{}] and [{}] both accept on this address; give each service its own address",
+                    other.name, service.name
+                ),
+            ));
+        }
+
+        let Some(local) = service.local else {
+            continue;
+        };
+        for backend in &service.connect {
+            if let crate::config::Address::Inet(addr) = backend {
+                if addr.is_ipv4() != local.is_ipv4() {
+                    return Err(error(
+                        "local",
+                        local.to_string(),
+                        format!(
+                            "service [{}]: local address and backend {addr} are of different IP versions; use a local address of the backend's version",
+                            service.name
+                        ),
+                    ));
+                }
+            }
+        }
+        let probe = socket2::Socket::new(
+            socket2::Domain::for_address(std::net::SocketAddr::new(local, 0)),
+            socket2::Type::STREAM,
+            None,
+        );
+        if let Err(err) =
+            probe.and_then(|socket| socket.bind(&std::net::SocketAddr::new(local, 0).into()))
+        {
+            return Err(error(
+                "local",
+                local.to_string(),
+                format!(
+                    "service [{}]: cannot bind to this address ({err}); use an address of this host",
+                    service.name
+                ),
+            ));
+        }
+    }
+
+    let directory_of = |path: &std::path::Path| {
+        path.parent()
+            .filter(|parent| !parent.as_os_str().is_empty())
+            .map(std::path::Path::to_path_buf)
+    };
+    if let Some(output) = &global.output {
+        if let Some(parent) = directory_of(output).filter(|parent| !parent.is_dir()) {
+            return Err(error(
+                "output",
+                output.display().to_string(),
+                format!(
+                    "directory {} does not exist; create it or choose another path",
+                    parent.display()
+                ),
+            ));
+        }
+    }
+    if let Some(root) = &global.chroot {
+        if !root.is_dir() {
+            return Err(error(
+                "chroot",
+                root.display().to_string(),
+                "directory does not exist; create it or remove the chroot option".into(),
+            ));
+        }
+    }
+    if let Some(pid) = &global.pid {
+        let outside = match &global.chroot {
+            Some(root) => root.join(pid.strip_prefix("/").unwrap_or(pid)),
+            None => pid.clone(),
+        };
+        if let Some(parent) = directory_of(&outside).filter(|parent| !parent.is_dir()) {
+            return Err(error(
+                "pid",
+                pid.display().to_string(),
+                format!(
+                    "directory {} does not exist; create it or choose another path",
+                    parent.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Runs the terminator until SIGTERM or SIGINT.
 pub fn run(config: Config) -> Result<(), RunError> {
-    check_combinations(&config)?;
+    check_environment(&config)?;
     probe_io_uring()?;
     if crate::privsep::enabled(&config.global) {
         if crate::privsep::exports_metrics(&config.global) {
@@ -170,15 +317,37 @@ pub fn run(config: Config) -> Result<(), RunError> {
         }
         return run_separated(&config);
     }
-    let mut services = load_services(&config)?;
+    let services = load_services(&config)?;
     let global = &config.global;
 
     start_logging(global)?;
+    let result = start_logged(global, services);
+    if let Err(err) = &result {
+        log_start_error(global, err);
+    }
+    result
+}
+
+/// Writes a start-up error to the log too: stderr already gets it from main, and
+/// in daemon mode the log file is where operators look.
+fn log_start_error(global: &crate::config::Global, err: &RunError) {
+    if (global.output.is_some() && !global.log_stderr) || global.syslog {
+        crate::error!("{err}");
+    }
+}
+
+/// Everything of `run` after logging has started.
+fn start_logged(
+    global: &crate::config::Global,
+    mut services: Vec<Service>,
+) -> Result<(), RunError> {
     if global.privsep.is_none() && crate::sys::geteuid() == 0 {
         warning!(
             "privilege separation is off because stats or histogram_log is set; set privsep = no to silence this"
         );
     }
+    check_kernel_tls(&services)?;
+
     let cpus = crate::sys::allowed_cpus();
     let workers = global.threads.unwrap_or_else(|| cpus.len().max(1)).max(1);
 
@@ -209,6 +378,9 @@ fn run_separated(config: &Config) -> Result<(), RunError> {
         Some(daemonize()?)
     };
     let result = crate::privsep::parent::run(config, &mut ready);
+    if let Err(err) = &result {
+        log_start_error(&config.global, err);
+    }
     if let (Some(mut ready), Err(err)) = (ready, &result) {
         let _ = write!(ready, "{err}");
     }
@@ -264,9 +436,10 @@ fn start_jailed(
 
     for service in &services {
         notice!(
-            "service {} listening on {} with {workers} workers",
+            "service {} listening on {} with {workers} worker{}",
             service.name,
-            worker::display_address(&service.config.accept)
+            worker::display_address(&service.config.accept),
+            if workers == 1 { "" } else { "s" }
         );
         if service.tls.self_signed {
             warning!(
@@ -360,7 +533,7 @@ fn run_workers(
         let _ = ready.write_all(b"ok");
     }
 
-    wait_for_stop(&shared, &wakers, &metrics.registry);
+    wait_for_stop(&shared, &wakers, &metrics.registry, &handles);
 
     let mut failure = None;
     for handle in handles {
@@ -374,20 +547,36 @@ fn run_workers(
     failure.map_or(Ok(()), Err)
 }
 
-/// Handles signals until SIGTERM or SIGINT, then sets the stop flag and wakes the
-/// workers.
-fn wait_for_stop(shared: &Shared, wakers: &[std::os::fd::OwnedFd], registry: &Registry) {
+/// Handles signals until SIGTERM or SIGINT, or until a worker exits on its own,
+/// then sets the stop flag and wakes the workers.
+///
+/// A worker that dies takes its listeners with it, so the process stops as a
+/// whole and exits non-zero, for a supervisor such as systemd to restart it.
+fn wait_for_stop(
+    shared: &Shared,
+    wakers: &[std::os::fd::OwnedFd],
+    registry: &Registry,
+    handles: &[std::thread::JoinHandle<io::Result<()>>],
+) {
+    let stop = || {
+        shared.stopping.store(true, Ordering::Release);
+        for wake in wakers {
+            let _ = crate::sys::eventfd_signal(wake);
+        }
+    };
     loop {
-        let Some(signal) = crate::sys::wait_signal(Duration::from_secs(1)) else {
+        if let Some(index) = handles.iter().position(|handle| handle.is_finished()) {
+            crate::error!("worker {index} exited unexpectedly; stopping the other workers");
+            stop();
+            return;
+        }
+        let Some(signal) = crate::sys::wait_signal(Duration::from_millis(500)) else {
             continue;
         };
         match signal {
             libc::SIGTERM | libc::SIGINT => {
                 notice!("received signal {signal}; closing listeners and draining connections");
-                shared.stopping.store(true, Ordering::Release);
-                for wake in wakers {
-                    let _ = crate::sys::eventfd_signal(wake);
-                }
+                stop();
                 return;
             }
             libc::SIGUSR1 => {

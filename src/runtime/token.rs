@@ -23,10 +23,15 @@ pub enum Kind {
     Connect = 8,
     ClientShutdown = 9,
     BackendShutdown = 10,
+    /// One-shot polls of the kernel TLS relay.
+    ClientReadable = 11,
+    ClientWritable = 12,
+    BackendReadable = 13,
+    BackendWritable = 14,
 }
 
 impl Kind {
-    const ALL: [Kind; 10] = [
+    const ALL: [Kind; 14] = [
         Kind::Accept,
         Kind::Tick,
         Kind::Wake,
@@ -37,6 +42,10 @@ impl Kind {
         Kind::Connect,
         Kind::ClientShutdown,
         Kind::BackendShutdown,
+        Kind::ClientReadable,
+        Kind::ClientWritable,
+        Kind::BackendReadable,
+        Kind::BackendWritable,
     ];
 
     /// The bit of this kind in a connection's set of operations in flight.

@@ -1,5 +1,9 @@
 //! A worker thread: one io_uring, its own listeners, and a slab of connections.
 //! Workers share only read-only service data and a stop flag.
+//!
+//! The kernel TLS hand-off and the splice relay's hooks live in [`kernel_tls`].
+
+mod kernel_tls;
 
 use std::io;
 use std::net::SocketAddr;
@@ -16,10 +20,10 @@ use super::{Service, Shared};
 use crate::config::Address;
 use crate::log::{CloseReason, ConnectionRecord};
 use crate::metrics::{HandshakeFailure, WorkerMetrics};
-use crate::relay::{DataPath, UserspaceRelay};
+use crate::relay::{DataPath, PipePool, UserspaceRelay};
 use crate::sys::ring::{Completion, Op, Ring, RingConfig};
 use crate::tls::TlsSession;
-use crate::{debug, warning};
+use crate::{debug, info, warning};
 
 /// Interval of the timer that checks connection deadlines.
 const TICK: Duration = Duration::from_millis(250);
@@ -59,10 +63,14 @@ pub struct Worker {
     free: Vec<u32>,
     live: usize,
     maxconn: usize,
+    /// Closed connections to free once their operations have completed.
+    finishing: Vec<u32>,
     /// Connections whose receive found no provided buffer; retried when one returns.
     starved: Vec<(u32, u32, Kind)>,
     /// Spare send buffers, reused to avoid an allocation per send.
     pool: Vec<Vec<u8>>,
+    /// Empty pipes for the kernel TLS relay.
+    pipes: PipePool,
     shutdown_timeout: Duration,
     stop_deadline: Option<Instant>,
     metrics: WorkerMetrics,
@@ -72,6 +80,8 @@ pub struct Worker {
 const POOL_MAX: usize = 256;
 /// Send buffers larger than this are freed rather than pooled.
 const POOL_BUFFER_MAX: usize = 64 * 1024;
+/// Idle pipes kept for reuse, at most.
+const PIPE_POOL_MAX: usize = 64;
 
 impl Worker {
     pub fn new(
@@ -113,8 +123,10 @@ impl Worker {
             free: Vec::new(),
             live: 0,
             maxconn: config.maxconn,
+            finishing: Vec::new(),
             starved: Vec::new(),
             pool: Vec::new(),
+            pipes: PipePool::new(PIPE_POOL_MAX),
             shutdown_timeout: config.shutdown_timeout,
             stop_deadline: None,
             metrics: config.metrics,
@@ -142,8 +154,10 @@ impl Worker {
             self.ring.reap(&mut completions);
             for completion in completions.drain(..) {
                 self.handle(completion)?;
+                self.finish_closed();
             }
             self.feed_starved()?;
+            self.finish_closed();
             if self.metrics.publish_requested() {
                 self.metrics.publish();
             }
@@ -275,8 +289,18 @@ impl Worker {
         self.maxconn_logged = false;
         let socket = SockRef::from(&client);
         let _ = socket.set_tcp_nodelay(true);
-        let client_addr = socket.peer_addr().ok().and_then(|addr| addr.as_socket());
-        let accepted_on = socket.local_addr().ok().and_then(|addr| addr.as_socket());
+        // A dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d; logs and
+        // PROXY headers use the plain IPv4 form.
+        let client_addr = socket
+            .peer_addr()
+            .ok()
+            .and_then(|addr| addr.as_socket())
+            .map(unmap_ipv4);
+        let accepted_on = socket
+            .local_addr()
+            .ok()
+            .and_then(|addr| addr.as_socket())
+            .map(unmap_ipv4);
         self.metrics.accepted(service);
 
         let service_data = &self.services[service];
@@ -324,12 +348,15 @@ impl Worker {
             tls: Box::new(tls),
             relay: UserspaceRelay::default(),
             path: DataPath::Userspace,
+            handoff_pending: false,
+            splice: None,
             inflight: 0,
             client_eof: false,
             backend_eof: false,
             backend_write_closed: false,
             client_write_closed: false,
             close_notify_queued: false,
+            close_notify_bytes: 0,
             close_after_flush: None,
             reason: None,
             accepted_at: now,
@@ -443,7 +470,8 @@ impl Worker {
         self.conn(slot).clear_inflight(token.kind);
         if self.conn(slot).phase == Phase::Closing {
             self.release(completion);
-            return self.finish_if_idle(slot);
+            self.finishing.push(slot);
+            return Ok(());
         }
         match token.kind {
             Kind::ClientRecv => self.on_client_recv(slot, completion),
@@ -461,6 +489,10 @@ impl Worker {
                 conn.backend_write_closed = true;
                 self.drive(slot)
             }
+            Kind::ClientReadable
+            | Kind::ClientWritable
+            | Kind::BackendReadable
+            | Kind::BackendWritable => self.drive(slot),
             Kind::Accept | Kind::Tick | Kind::Wake => unreachable!("not a connection operation"),
         }
     }
@@ -542,15 +574,19 @@ impl Worker {
                 } else {
                     CloseReason::TlsError
                 };
-                if reason == CloseReason::HandshakeFailed {
-                    self.metrics
-                        .handshake_failed(service, HandshakeFailure::from_rustls(&err));
-                }
-                let conn = self.conn(slot);
-                debug!(
-                    "client {}: TLS error: {err}",
-                    display_addr(conn.client_addr)
+                let cause = if reason == CloseReason::HandshakeFailed {
+                    let failure = HandshakeFailure::from_rustls(&err);
+                    self.metrics.handshake_failed(service, failure);
+                    failure.as_str()
+                } else {
+                    "after the handshake"
+                };
+                let client = display_addr(self.conn(slot).client_addr);
+                info!(
+                    "service {}: client {client}: TLS error ({cause}): {err}",
+                    self.services[service].name
                 );
+                let conn = self.conn(slot);
                 conn.close_after_flush = Some(reason);
                 self.drive(slot)
             }
@@ -644,6 +680,9 @@ impl Worker {
                 crate::tls::version_name(version),
                 suite.suite()
             );
+        }
+        if self.choose_data_path(slot)? == kernel_tls::Flow::Stopped {
+            return Ok(());
         }
         self.connect_next(slot)
     }
@@ -848,13 +887,23 @@ impl Worker {
                 self.drive(slot)
             }
             Err(errno) => {
+                let unsent = buf.len() - offset;
                 self.give_buffer(buf);
                 debug!(
                     "send to {} failed: {}",
                     if to_client { "client" } else { "backend" },
                     io::Error::from_raw_os_error(errno)
                 );
-                let reason = if to_client {
+                let conn = self.conn(slot);
+                // A client that closes as soon as it has the whole response makes
+                // only the trailing close_notify fail (EPIPE at once on a UNIX
+                // socket). Every byte of data reached it, so the close is orderly.
+                let only_close_notify_lost = conn.close_notify_queued
+                    && conn.relay.to_client.is_empty()
+                    && unsent <= conn.close_notify_bytes;
+                let reason = if to_client && only_close_notify_lost {
+                    CloseReason::Done
+                } else if to_client {
                     self.client_reset_reason(slot)
                 } else {
                     CloseReason::BackendReset
@@ -933,6 +982,15 @@ impl Worker {
     /// Posts whatever operations the connection's state calls for. Every event
     /// handler ends here.
     fn drive(&mut self, slot: u32) -> io::Result<()> {
+        if self.conn(slot).phase == Phase::Closing {
+            return Ok(());
+        }
+        if self.conn(slot).is_kernel_tls()
+            && self.drive_kernel_tls(slot)? == kernel_tls::Flow::Stopped
+        {
+            return Ok(());
+        }
+
         // Start sends of queued bytes.
         let client_ready = {
             let conn = self.conn(slot);
@@ -996,9 +1054,11 @@ impl Worker {
         if conn.phase == Phase::Relaying && conn.backend_eof && !conn.close_notify_queued {
             conn.close_notify_queued = true;
             let Conn { relay, tls, .. } = conn;
+            let before = relay.to_client.len();
             if let Err(err) = relay.close_notify(tls) {
                 debug!("cannot queue close_notify: {err}");
             }
+            conn.close_notify_bytes = conn.relay.to_client.len() - before;
             return self.drive(slot);
         }
         let conn = self.conn(slot);
@@ -1100,13 +1160,25 @@ impl Worker {
                 self.ring.submit(0, Op::CancelFd { fd })?;
             }
         }
-        self.finish_if_idle(slot)
+        // The slot is freed only after the current event is handled, because the
+        // handler that called close may still look at the connection.
+        self.finishing.push(slot);
+        Ok(())
     }
 
-    fn finish_if_idle(&mut self, slot: u32) -> io::Result<()> {
-        let conn = self.conn(slot);
+    /// Frees the slots of closed connections whose operations have all completed.
+    fn finish_closed(&mut self) {
+        while let Some(slot) = self.finishing.pop() {
+            self.finish_if_idle(slot);
+        }
+    }
+
+    fn finish_if_idle(&mut self, slot: u32) {
+        let Some(Slot::Used(conn)) = self.slots.get(slot as usize) else {
+            return;
+        };
         if conn.phase != Phase::Closing || conn.inflight != 0 {
-            return Ok(());
+            return;
         }
         let generation = conn.generation;
         let Slot::Used(conn) =
@@ -1137,7 +1209,6 @@ impl Worker {
         self.log_finished(&conn);
         // Dropping the connection closes both sockets.
         drop(conn);
-        Ok(())
     }
 
     fn log_finished(&self, conn: &Conn) {
@@ -1218,6 +1289,17 @@ fn backend_socket(address: &Address, source: Option<Source>) -> io::Result<Socke
         }
     }
     Ok(socket)
+}
+
+/// Turns an IPv4-mapped IPv6 socket address into the IPv4 one it stands for.
+fn unmap_ipv4(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(ip) => SocketAddr::new(ip.into(), v6.port()),
+            None => addr,
+        },
+        SocketAddr::V4(_) => addr,
+    }
 }
 
 pub fn display_addr(addr: Option<SocketAddr>) -> String {

@@ -31,9 +31,25 @@ pub struct LoadedCert {
 pub fn load(source: &CertSource, _provider: &CryptoProvider) -> Result<CertifiedKey, ConfigError> {
     let chain = read_chain(&source.cert).map_err(|message| error(source, &source.cert, message))?;
     let key_path = source.key.as_deref().unwrap_or(&source.cert);
+    let key_error = |message: String| match &source.key_origin {
+        Some(origin) => ConfigError {
+            file: origin.file.clone(),
+            line: origin.line,
+            option: Some(origin.option.clone()).filter(|option| !option.is_empty()),
+            value: Some(key_path.display().to_string()),
+            message,
+        },
+        None => error(source, key_path, message),
+    };
     let pem = std::fs::read(key_path)
         .map(Zeroizing::new)
-        .map_err(|err| error(source, key_path, format!("cannot read private key: {err}")))?;
+        .map_err(|err| key_error(format!("cannot read private key: {err}")))?;
+    if is_encrypted_key(&pem) {
+        return Err(key_error(format!(
+            "the private key is encrypted, and tlsplice cannot ask for a passphrase; decrypt it with `openssl pkey -in {0} -out {0}.plain` and use that file",
+            key_path.display()
+        )));
+    }
     let mut key = PrivateKeyDer::from_pem_slice(&pem).map_err(|err| {
         let message = match err {
             rustls::pki_types::pem::Error::NoItemsFound if source.key.is_none() => {
@@ -44,37 +60,45 @@ pub fn load(source: &CertSource, _provider: &CryptoProvider) -> Result<Certified
             }
             other => format!("cannot read private key: {other}"),
         };
-        error(source, key_path, message)
+        key_error(message)
     })?;
     // Loaded by reference, so the only decoded copy is the one zeroized here.
     let signing_key = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key);
     key.zeroize();
-    let certified = CertifiedKey::new(
-        chain,
-        signing_key.map_err(|err| {
-            error(
-                source,
-                &source.cert,
-                format!("unusable certificate or key: {err}"),
-            )
-        })?,
-    );
+    let signing_key = signing_key.map_err(|err| {
+        key_error(format!(
+            "unsupported private key ({err}); use an RSA key, or an ECDSA key on P-256 or P-384, or Ed25519"
+        ))
+    })?;
+    let certified = CertifiedKey::new(chain, signing_key);
     match certified.keys_match() {
         Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
-        Err(err) => return Err(inconsistent(source, key_path, err)),
+        Err(rustls::Error::InconsistentKeys(_)) => {
+            return Err(error(
+                source,
+                &source.cert,
+                format!(
+                    "private key {} does not match the certificate; use the key the certificate was issued for",
+                    key_path.display()
+                ),
+            ))
+        }
+        Err(other) => {
+            return Err(error(
+                source,
+                &source.cert,
+                format!("unusable certificate or key: {other}"),
+            ))
+        }
     }
     Ok(certified)
 }
 
-fn inconsistent(source: &CertSource, key_path: &Path, err: rustls::Error) -> ConfigError {
-    let message = match err {
-            rustls::Error::InconsistentKeys(_) => format!(
-                "private key {} does not match the certificate; use the key the certificate was issued for",
-                key_path.display()
-            ),
-            other => format!("unusable certificate or key: {other}"),
-        };
-    error(source, &source.cert, message)
+/// Tells whether a PEM key file's text is an encrypted key (PKCS#8 `ENCRYPTED
+/// PRIVATE KEY` or a traditional key with a `Proc-Type: 4,ENCRYPTED` header).
+fn is_encrypted_key(pem: &[u8]) -> bool {
+    let contains = |needle: &[u8]| pem.windows(needle.len()).any(|window| window == needle);
+    contains(b"-----BEGIN ENCRYPTED PRIVATE KEY-----") || contains(b"Proc-Type: 4,ENCRYPTED")
 }
 
 fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {

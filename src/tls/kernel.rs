@@ -407,12 +407,31 @@ pub fn offload(
     version: ProtocolVersion,
     secrets: &ExtractedSecrets,
 ) -> Result<(), OffloadError> {
+    attach_ulp(fd)?;
+    install_keys(fd, version, secrets)
+}
+
+/// Attaches the tls ULP, the first step of [`offload`]. A caller that wants to
+/// keep its rustls session when the socket cannot take the ULP calls this before
+/// [`into_kernel_connection`] and [`install_keys`] after it. The kernel accepts
+/// the ULP only on an established socket, so a peer that already sent its FIN
+/// makes this fail with `ENOTCONN`.
+pub fn attach_ulp(fd: BorrowedFd<'_>) -> Result<(), OffloadError> {
+    sys::set_tcp_ulp_tls(fd).map_err(OffloadError::AttachUlp)
+}
+
+/// Sets `TLS_TX` and `TLS_RX` on a socket that already has the tls ULP, the
+/// second step of [`offload`]. On error the caller must close the socket.
+pub fn install_keys(
+    fd: BorrowedFd<'_>,
+    version: ProtocolVersion,
+    secrets: &ExtractedSecrets,
+) -> Result<(), OffloadError> {
     let (tx_sequence, tx_secrets) = &secrets.tx;
     let (rx_sequence, rx_secrets) = &secrets.rx;
     let transmit = crypto_info(version, *tx_sequence, tx_secrets)?;
     let receive = crypto_info(version, *rx_sequence, rx_secrets)?;
 
-    sys::set_tcp_ulp_tls(fd).map_err(OffloadError::AttachUlp)?;
     sys::set_crypto_info(fd, TlsDirection::Transmit, &transmit)
         .map_err(OffloadError::SetTransmitKey)?;
     sys::set_crypto_info(fd, TlsDirection::Receive, &receive)

@@ -27,10 +27,21 @@ pub struct Progress {
 
 /// One server-side TLS connection.
 pub struct TlsSession {
-    conn: UnbufferedServerConnection,
+    /// `None` once the connection was handed to kernel TLS.
+    conn: Option<UnbufferedServerConnection>,
+    /// What the handshake negotiated, kept for the log after a hand-off.
+    negotiated: Option<Negotiated>,
     choice: Arc<Choice>,
     handshake_done: bool,
     peer_closed: bool,
+}
+
+/// The parameters of a finished handshake.
+#[derive(Debug, Clone)]
+struct Negotiated {
+    version: Option<rustls::ProtocolVersion>,
+    suite: Option<rustls::SupportedCipherSuite>,
+    alpn: Option<Vec<u8>>,
 }
 
 /// The certificate choice made for one connection, kept because the unbuffered
@@ -82,7 +93,8 @@ impl TlsSession {
         let mut config = config.clone();
         config.cert_resolver = choice.clone();
         Ok(TlsSession {
-            conn: UnbufferedServerConnection::new(Arc::new(config))?,
+            conn: Some(UnbufferedServerConnection::new(Arc::new(config))?),
+            negotiated: None,
             choice,
             handshake_done: false,
             peer_closed: false,
@@ -111,15 +123,14 @@ impl TlsSession {
         plaintext: &mut Vec<u8>,
     ) -> Result<Progress, rustls::Error> {
         let mut progress = Progress::default();
+        let conn = self.conn.as_mut().ok_or_else(handed_off)?;
         loop {
-            let status = self
-                .conn
-                .process_tls_records(&mut incoming[progress.consumed..]);
+            let status = conn.process_tls_records(&mut incoming[progress.consumed..]);
             let mut discard = status.discard;
             let state = match status.state {
                 Ok(state) => state,
                 Err(err) => {
-                    self.drain_alert(to_client);
+                    drain_alert(conn, to_client);
                     return Err(err);
                 }
             };
@@ -195,7 +206,8 @@ impl TlsSession {
             &mut rustls::unbuffered::WriteTraffic<'_, rustls::server::ServerConnectionData>,
         ) -> Result<(), rustls::Error>,
     ) -> Result<(), rustls::Error> {
-        let status = self.conn.process_tls_records(&mut []);
+        let conn = self.conn.as_mut().ok_or_else(handed_off)?;
+        let status = conn.process_tls_records(&mut []);
         match status.state? {
             ConnectionState::WriteTraffic(mut traffic) => write(&mut traffic),
             other => Err(rustls::Error::General(format!(
@@ -204,41 +216,62 @@ impl TlsSession {
         }
     }
 
-    /// After an error, appends the alert rustls queued, if any.
-    fn drain_alert(&mut self, to_client: &mut Vec<u8>) {
-        for _ in 0..4 {
-            let status = self.conn.process_tls_records(&mut []);
-            match status.state {
-                Ok(ConnectionState::EncodeTlsData(mut encode)) => {
-                    append_with(to_client, |buf| match encode.encode(buf) {
-                        Ok(written) => Ok(written),
-                        Err(EncodeError::InsufficientSize(InsufficientSizeError {
-                            required_size,
-                        })) => Err(required_size),
-                        Err(EncodeError::AlreadyEncoded) => Ok(0),
-                    });
-                }
-                Ok(ConnectionState::TransmitTlsData(transmit)) => transmit.done(),
-                _ => return,
-            }
+    pub fn alpn_protocol(&self) -> Option<&[u8]> {
+        match (&self.conn, &self.negotiated) {
+            (Some(conn), _) => conn.alpn_protocol(),
+            (None, Some(negotiated)) => negotiated.alpn.as_deref(),
+            (None, None) => None,
         }
     }
 
-    pub fn alpn_protocol(&self) -> Option<&[u8]> {
-        self.conn.alpn_protocol()
-    }
-
     pub fn protocol_version(&self) -> Option<rustls::ProtocolVersion> {
-        self.conn.protocol_version()
+        match (&self.conn, &self.negotiated) {
+            (Some(conn), _) => conn.protocol_version(),
+            (None, negotiated) => negotiated.as_ref().and_then(|n| n.version),
+        }
     }
 
     pub fn cipher_suite(&self) -> Option<rustls::SupportedCipherSuite> {
-        self.conn.negotiated_cipher_suite()
+        match (&self.conn, &self.negotiated) {
+            (Some(conn), _) => conn.negotiated_cipher_suite(),
+            (None, negotiated) => negotiated.as_ref().and_then(|n| n.suite),
+        }
     }
 
-    /// Gives up the rustls connection, for a hand-off to kernel TLS.
-    pub fn into_inner(self) -> UnbufferedServerConnection {
-        self.conn
+    /// Takes the rustls connection out for a hand-off to kernel TLS, keeping the
+    /// negotiated version, suite and ALPN protocol for the log. Later reads and
+    /// writes fail, and a second call returns `None`.
+    pub fn take_for_kernel(&mut self) -> Option<UnbufferedServerConnection> {
+        let conn = self.conn.take()?;
+        self.negotiated = Some(Negotiated {
+            version: conn.protocol_version(),
+            suite: conn.negotiated_cipher_suite(),
+            alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
+        });
+        Some(conn)
+    }
+}
+
+fn handed_off() -> rustls::Error {
+    rustls::Error::General("the TLS session was handed to kernel TLS".into())
+}
+/// After an error, appends the alert rustls queued, if any.
+fn drain_alert(conn: &mut UnbufferedServerConnection, to_client: &mut Vec<u8>) {
+    for _ in 0..4 {
+        let status = conn.process_tls_records(&mut []);
+        match status.state {
+            Ok(ConnectionState::EncodeTlsData(mut encode)) => {
+                append_with(to_client, |buf| match encode.encode(buf) {
+                    Ok(written) => Ok(written),
+                    Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => {
+                        Err(required_size)
+                    }
+                    Err(EncodeError::AlreadyEncoded) => Ok(0),
+                });
+            }
+            Ok(ConnectionState::TransmitTlsData(transmit)) => transmit.done(),
+            _ => return,
+        }
     }
 }
 
