@@ -56,8 +56,8 @@ const LEGACY: &[libc::c_long] = &[libc::SYS_poll];
 const LEGACY: &[libc::c_long] = &[];
 
 /// Extra syscalls of a worker: its io_uring, backend sockets (created, bound to
-/// `local`, and tuned) and the addresses it logs. Connect, accept, send and
-/// receive go through the ring.
+/// `local`, and tuned), the addresses it logs, and the kernel TLS relay.
+/// Connect, accept, send and receive go through the ring.
 const WORKER: &[libc::c_long] = &[
     libc::SYS_io_uring_enter,
     libc::SYS_socket,
@@ -66,6 +66,9 @@ const WORKER: &[libc::c_long] = &[
     libc::SYS_getsockopt,
     libc::SYS_getsockname,
     libc::SYS_getpeername,
+    // The kernel TLS relay: pipes, and splice between a socket and a pipe.
+    libc::SYS_pipe2,
+    libc::SYS_splice,
 ];
 
 /// Syscalls that open or look up files fail with EACCES instead of killing the
@@ -78,14 +81,14 @@ const OPEN: &[libc::c_long] = &[
     libc::SYS_statx,
 ];
 
-/// Which process a filter is for.
+/// The process a filter is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     Worker,
     Key,
 }
 
-/// The syscalls `role` may make (opens among them, though they fail), for
+/// Lists the syscalls `role` may make (opens among them, though they fail), for
 /// documentation and tests.
 pub fn allowed_syscalls(role: Role) -> Vec<libc::c_long> {
     let mut list = COMMON.to_vec();
