@@ -444,8 +444,10 @@ fn fifteen_hundred_concurrent_connections() {
     let backend = Backend::echo();
     // The kernel exempts root from the per-user pipe budget
     // (fs.pipe-user-pages-soft), so a proxy started as root drops to nobody's ids.
+    // Without privilege separation the process in the pid check is the worker
+    // itself; with it, that process would be the parent, which stays root.
     let user = if is_root() {
-        "setuid = nobody\nsetgid = nogroup\n"
+        "setuid = nobody\nsetgid = nogroup\nprivsep = no\n"
     } else {
         ""
     };
