@@ -120,7 +120,10 @@ fn switch_ids(ids: Ids) -> Result<(), PrivilegeError> {
 }
 
 fn resolve_user(name: &str) -> Result<(libc::uid_t, libc::gid_t), PrivilegeError> {
-    match sys::lookup_user(name) {
+    match sys::user::user_by_name(name).map(|found| {
+        // A numeric id with no passwd entry has no primary group of its own.
+        found.or_else(|| name.parse().ok().map(|uid| (uid, uid)))
+    }) {
         Ok(Some(ids)) => Ok(ids),
         Ok(None) => Err(PrivilegeError {
             step: "setuid",
@@ -134,7 +137,7 @@ fn resolve_user(name: &str) -> Result<(libc::uid_t, libc::gid_t), PrivilegeError
 }
 
 fn resolve_group(name: &str) -> Result<libc::gid_t, PrivilegeError> {
-    match sys::lookup_group(name) {
+    match sys::user::gid_by_name(name).map(|found| found.or_else(|| name.parse().ok())) {
         Ok(Some(gid)) => Ok(gid),
         Ok(None) => Err(PrivilegeError {
             step: "setgid",

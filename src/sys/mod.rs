@@ -261,68 +261,6 @@ pub fn wait_signal(timeout: std::time::Duration) -> Option<i32> {
     (signal > 0).then_some(signal)
 }
 
-/// Looks up a user by name or numeric id; returns (uid, primary gid).
-pub fn lookup_user(name: &str) -> io::Result<Option<(libc::uid_t, libc::gid_t)>> {
-    let cname = CString::new(name).map_err(|_| {
-        io::Error::new(io::ErrorKind::InvalidInput, "user name contains a NUL byte")
-    })?;
-    let mut buffer = vec![0u8; 16 * 1024];
-    // SAFETY: passwd is plain data; getpwnam_r writes into it and into `buffer`,
-    // whose length is passed, and sets `result` to null or to `entry`.
-    unsafe {
-        let mut entry: libc::passwd = std::mem::zeroed();
-        let mut result: *mut libc::passwd = std::ptr::null_mut();
-        let rc = libc::getpwnam_r(
-            cname.as_ptr(),
-            &mut entry,
-            buffer.as_mut_ptr().cast(),
-            buffer.len(),
-            &mut result,
-        );
-        if rc != 0 {
-            return Err(io::Error::from_raw_os_error(rc));
-        }
-        if !result.is_null() {
-            return Ok(Some((entry.pw_uid, entry.pw_gid)));
-        }
-    }
-    match name.parse::<libc::uid_t>() {
-        Ok(uid) => Ok(Some((uid, uid))),
-        Err(_) => Ok(None),
-    }
-}
-
-/// Looks up a group by name or numeric id.
-pub fn lookup_group(name: &str) -> io::Result<Option<libc::gid_t>> {
-    let cname = CString::new(name).map_err(|_| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "group name contains a NUL byte",
-        )
-    })?;
-    let mut buffer = vec![0u8; 64 * 1024];
-    // SAFETY: group is plain data; getgrnam_r writes into it and into `buffer`,
-    // whose length is passed, and sets `result` to null or to `entry`.
-    unsafe {
-        let mut entry: libc::group = std::mem::zeroed();
-        let mut result: *mut libc::group = std::ptr::null_mut();
-        let rc = libc::getgrnam_r(
-            cname.as_ptr(),
-            &mut entry,
-            buffer.as_mut_ptr().cast(),
-            buffer.len(),
-            &mut result,
-        );
-        if rc != 0 {
-            return Err(io::Error::from_raw_os_error(rc));
-        }
-        if !result.is_null() {
-            return Ok(Some(entry.gr_gid));
-        }
-    }
-    Ok(name.parse::<libc::gid_t>().ok())
-}
-
 /// Sets IP_TRANSPARENT (or IPV6_TRANSPARENT), so the socket may bind to an
 /// address that is not local. Needs CAP_NET_ADMIN.
 pub fn set_transparent(fd: RawFd, ipv6: bool) -> io::Result<()> {

@@ -12,6 +12,12 @@ const MAX_BUFFER: usize = 1 << 20;
 
 /// Looks up a user by name and returns its uid, or `None` when no such user exists.
 pub fn uid_by_name(name: &str) -> io::Result<Option<u32>> {
+    Ok(user_by_name(name)?.map(|(uid, _)| uid))
+}
+
+/// Looks up a user by name and returns its uid and primary gid, or `None` when no
+/// such user exists.
+pub fn user_by_name(name: &str) -> io::Result<Option<(u32, u32)>> {
     let name = c_name(name)?;
     let mut buffer = vec![0 as libc::c_char; START_BUFFER];
     loop {
@@ -35,7 +41,7 @@ pub fn uid_by_name(name: &str) -> io::Result<Option<u32>> {
                 // SAFETY: getpwnam_r returned 0 with a non-null `result`, so it
                 // initialized `entry` (`result` points to it).
                 let entry = unsafe { entry.assume_init() };
-                return Ok(Some(entry.pw_uid));
+                return Ok(Some((entry.pw_uid, entry.pw_gid)));
             }
         }
     }
