@@ -111,6 +111,8 @@ const MAX_HOLD_HANDSHAKING: usize = 128;
 
 /// How often timeouts and the hold mode's request times are checked.
 const SCAN_INTERVAL: Duration = Duration::from_millis(50);
+/// Bytes one connection may read per turn of the event loop.
+const READ_BUDGET: usize = 1024 * 1024;
 
 /// Maximum wait for in-flight exchanges after the run's duration has passed.
 const MAX_DRAIN: Duration = Duration::from_secs(5);
@@ -179,6 +181,9 @@ struct Conn {
     deadline: Option<Instant>,
     /// Hold mode: when the next light request starts.
     next_request_at: Option<Instant>,
+    /// The last read stopped at its budget; drive again without waiting for an
+    /// event, since mio reports readiness only on edges.
+    more_input: bool,
 }
 
 /// The next step for a connection after it was driven.
@@ -195,6 +200,8 @@ struct Worker<'a> {
     share: Share,
     poll: Poll,
     conns: Vec<Option<Conn>>,
+    /// Connections to drive again on the next turn (see `Conn::more_input`).
+    again: Vec<usize>,
     free_slots: Vec<usize>,
     open: usize,
     /// Connections the keep-alive and latency modes keep open. It drops by one for
@@ -252,6 +259,7 @@ impl<'a> Worker<'a> {
             share,
             poll: Poll::new()?,
             conns: Vec::new(),
+            again: Vec::new(),
             free_slots: Vec::new(),
             open: 0,
             idle: Vec::new(),
@@ -309,7 +317,11 @@ impl<'a> Worker<'a> {
                 next_scan = now + SCAN_INTERVAL;
             }
 
-            let wait = self.poll_timeout(now, next_scan);
+            let wait = if self.again.is_empty() {
+                self.poll_timeout(now, next_scan)
+            } else {
+                Duration::ZERO
+            };
             match self.poll.poll(&mut events, Some(wait)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -317,6 +329,9 @@ impl<'a> Worker<'a> {
             }
             for event in events.iter() {
                 self.on_ready(event.token().0);
+            }
+            for slot in std::mem::take(&mut self.again) {
+                self.on_ready(slot);
             }
         }
 
@@ -427,6 +442,7 @@ impl<'a> Worker<'a> {
             exchange: None,
             deadline: Some(now + self.plan.timeout),
             next_request_at: None,
+            more_input: false,
         });
         self.open += 1;
         self.handshaking += 1;
@@ -601,7 +617,11 @@ impl<'a> Worker<'a> {
             return;
         };
         let next = self.drive(&mut conn, Instant::now());
+        let more = conn.more_input;
         self.settle(slot, conn, next);
+        if more && self.conns.get(slot).is_some_and(Option::is_some) {
+            self.again.push(slot);
+        }
     }
 
     /// Puts a driven connection back, or closes it.
@@ -654,9 +674,12 @@ impl<'a> Worker<'a> {
         conn.stream.flush().map_err(Failure::from)?;
         let mut input = std::mem::take(&mut self.read_buffer);
         input.clear();
-        let outcome = conn.stream.read_available(&mut input);
+        let outcome = conn.stream.read_bounded(&mut input, READ_BUDGET);
         let next = match outcome {
-            Ok(outcome) => self.handle_input(conn, &input, outcome.eof, now),
+            Ok(outcome) => {
+                conn.more_input = outcome.more;
+                self.handle_input(conn, &input, outcome.eof, now)
+            }
             Err(e) => Err(Failure::from(e)),
         };
         self.read_buffer = input;

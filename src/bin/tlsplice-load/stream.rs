@@ -25,6 +25,9 @@ pub struct Stream {
 pub struct ReadOutcome {
     /// The peer closed its side (TCP FIN or TLS close_notify).
     pub eof: bool,
+    /// The read stopped at its byte budget before the socket would block, so
+    /// more data may be waiting without a new readiness event.
+    pub more: bool,
 }
 
 impl Stream {
@@ -55,10 +58,17 @@ impl Stream {
     /// Reads everything the socket has, appending the plaintext to `out`.
     /// Returns when the socket would block or the peer closed.
     pub fn read_available(&mut self, out: &mut Vec<u8>) -> io::Result<ReadOutcome> {
+        self.read_bounded(out, usize::MAX)
+    }
+
+    /// Reads like [`Stream::read_available`], but stops once `out` holds at least
+    /// `budget` bytes and reports `more`, so one fast peer cannot keep the event
+    /// loop from its deadlines.
+    pub fn read_bounded(&mut self, out: &mut Vec<u8>, budget: usize) -> io::Result<ReadOutcome> {
         match self.tls.as_mut() {
-            None => read_plain(&mut self.sock, out),
+            None => read_plain(&mut self.sock, out, budget),
             Some(tls) => {
-                let outcome = read_tls(&mut self.sock, tls, out);
+                let outcome = read_tls(&mut self.sock, tls, out, budget);
                 // An alert or a handshake message may be waiting to go out, also
                 // after a TLS error.
                 self.flush()?;
@@ -127,11 +137,22 @@ impl Stream {
     }
 }
 
-fn read_plain(sock: &mut TcpStream, out: &mut Vec<u8>) -> io::Result<ReadOutcome> {
+fn read_plain(sock: &mut TcpStream, out: &mut Vec<u8>, budget: usize) -> io::Result<ReadOutcome> {
     let mut chunk = [0u8; 16 * 1024];
     loop {
+        if out.len() >= budget {
+            return Ok(ReadOutcome {
+                eof: false,
+                more: true,
+            });
+        }
         match sock.read(&mut chunk) {
-            Ok(0) => return Ok(ReadOutcome { eof: true }),
+            Ok(0) => {
+                return Ok(ReadOutcome {
+                    eof: true,
+                    more: false,
+                })
+            }
             Ok(n) => out.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(ReadOutcome::default()),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -146,9 +167,16 @@ fn read_tls(
     sock: &mut TcpStream,
     tls: &mut rustls::Connection,
     out: &mut Vec<u8>,
+    budget: usize,
 ) -> io::Result<ReadOutcome> {
     let mut chunk = [0u8; 16 * 1024];
     loop {
+        if out.len() >= budget {
+            return Ok(ReadOutcome {
+                eof: false,
+                more: true,
+            });
+        }
         let socket_eof = match tls.read_tls(sock) {
             Ok(0) => true,
             Ok(_) => false,
@@ -169,7 +197,10 @@ fn read_tls(
         }
 
         if state.peer_has_closed() || socket_eof {
-            return Ok(ReadOutcome { eof: true });
+            return Ok(ReadOutcome {
+                eof: true,
+                more: false,
+            });
         }
     }
 }
