@@ -4,73 +4,13 @@
 
 use std::hint::black_box;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tlsplice::tls::certs::{LoadedCert, SniResolver};
-use tlsplice::tls::TlsSession;
 
-/// A server session and a rustls client that completed a handshake in memory.
-struct Pair {
-    server: TlsSession,
-    client: rustls::ClientConnection,
-}
+#[path = "support/inmemory.rs"]
+mod inmemory;
 
-fn handshake() -> Pair {
-    let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let cert = CertificateDer::from(generated.cert.der().to_vec());
-    let key = PrivateKeyDer::try_from(generated.signing_key.serialize_der()).unwrap();
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let certified =
-        rustls::sign::CertifiedKey::from_der(vec![cert.clone()], key, &provider).unwrap();
-    let resolver = Arc::new(SniResolver::new(vec![LoadedCert {
-        key: Arc::new(certified),
-        route: None,
-        pattern: None,
-    }]));
-    let server_config = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_cert_resolver(resolver.clone());
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert).unwrap();
-    let client_config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let mut client = rustls::ClientConnection::new(
-        Arc::new(client_config),
-        ServerName::try_from("localhost").unwrap(),
-    )
-    .unwrap();
-    let mut server = TlsSession::new(&server_config, &resolver).unwrap();
-
-    let mut to_server = Vec::new();
-    let mut to_client = Vec::new();
-    let mut plaintext = Vec::new();
-    for _ in 0..10 {
-        while client.wants_write() {
-            client.write_tls(&mut to_server).unwrap();
-        }
-        let progress = server
-            .read(&mut to_server, &mut to_client, &mut plaintext)
-            .unwrap();
-        to_server.drain(..progress.consumed);
-        let mut reader = &to_client[..];
-        while !reader.is_empty() {
-            client.read_tls(&mut reader).unwrap();
-            client.process_new_packets().unwrap();
-        }
-        to_client.clear();
-        if !client.is_handshaking() && !server.is_handshaking() {
-            return Pair { server, client };
-        }
-    }
-    panic!("the in-memory handshake did not finish");
-}
+use inmemory::handshake;
 
 fn records(c: &mut Criterion) {
     let mut group = c.benchmark_group("userspace_records");
@@ -173,5 +113,25 @@ fn proxy_headers(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, records, config_parsing, proxy_headers);
+fn token_round_trip(c: &mut Criterion) {
+    use tlsplice::runtime::token::{Kind, Token};
+    // Every completion is routed by decoding its token and checking the slot's
+    // generation, so this is the fixed cost of one state transition.
+    c.bench_function("completion_token_round_trip", |b| {
+        let mut slot = 0u32;
+        b.iter(|| {
+            slot = slot.wrapping_add(1);
+            let token = Token::new(Kind::ClientRecv, black_box(slot), black_box(7));
+            black_box(Token::decode(token.encode()))
+        })
+    });
+}
+
+criterion_group!(
+    benches,
+    records,
+    config_parsing,
+    proxy_headers,
+    token_round_trip
+);
 criterion_main!(benches);

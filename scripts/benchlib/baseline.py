@@ -58,14 +58,23 @@ def compare_with_baseline(summary, baseline_path, tolerance_override=None):
     return regressions
 
 
-def write_baseline(summary, baseline_path, source):
-    """Write the gated ratios of this run, with their tolerances, as the new baseline."""
+def load_callgrind_baseline(baseline_path):
+    """Return the baseline's callgrind instruction counts, or {} without a baseline."""
+    if not os.path.exists(baseline_path):
+        return {}
+    with open(baseline_path) as baseline_file:
+        return json.load(baseline_file).get("callgrind_instructions", {})
+
+
+def write_baseline(summary, baseline_path, source, callgrind=None):
+    """Write the gated ratios and instruction counts of this run as the new baseline."""
     ratios = {}
     for key in GATED_METRICS:
         for proxy, entry in summary.get(key, {}).items():
             if proxy != "haproxy" and entry.get("ratio") is not None:
                 ratios.setdefault(key, {})[proxy] = round(entry["ratio"], 4)
-    baseline = {"source": source, "tolerances": GATED_METRICS, "ratios": ratios}
+    baseline = {"source": source, "tolerances": GATED_METRICS, "ratios": ratios,
+                "callgrind_instructions": callgrind or {}}
     with open(baseline_path, "w") as out:
         json.dump(baseline, out, indent=2, sort_keys=True)
         out.write("\n")

@@ -10,7 +10,7 @@
 mod conn;
 mod listener;
 pub(crate) mod privileges;
-mod token;
+pub mod token;
 pub(crate) mod worker;
 
 use std::fmt;
