@@ -91,6 +91,11 @@ pub fn run(start: KeyStart<'_>, parent: libc::pid_t) -> ! {
     if let Err(err) = privileges::jail(start.root, start.ids) {
         fail(&control, format!("key process: {err}"));
     }
+    // Changing the uid clears the parent-death signal, so set it again.
+    match process::die_with_parent(libc::SIGKILL, parent) {
+        Ok(true) => {}
+        _ => crate::sys::exit_now(1),
+    }
     super::worker::restrict_files("key process");
 
     // The serving threads start before the filter, which forbids creating

@@ -62,6 +62,11 @@ pub fn run(
         warning!("worker {index}: {err}");
         crate::sys::exit_now(1);
     }
+    // Changing the uid clears the parent-death signal, so set it again.
+    match process::die_with_parent(libc::SIGTERM, parent) {
+        Ok(true) => {}
+        _ => crate::sys::exit_now(1),
+    }
     restrict_files(&format!("worker {index}"));
     crate::privsep::signer::install_link(start.key_link);
 
