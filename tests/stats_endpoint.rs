@@ -29,7 +29,7 @@ fn stats_match_known_traffic() {
 
     let dir = TempDir::new("stats");
     let cert = make_cert(&dir, "server", KeyKind::EcdsaP256, &["localhost"]);
-    // The backend reads the whole request, waits, then answers.
+    // The backend reads the whole request, waits, then sends the response.
     let backend = Backend::start(|mut stream| {
         let mut request = [0u8; REQUEST];
         if stream.read_exact(&mut request).is_err() {

@@ -152,7 +152,7 @@ fn five_hundred_concurrent_connections() {
 fn half_close_from_client() {
     let dir = TempDir::new("half-client");
     let cert = make_cert(&dir, "server", KeyKind::EcdsaP256, &["localhost"]);
-    // The backend reads to EOF, then answers with the byte count and closes.
+    // The backend reads to EOF, then replies with the byte count and closes.
     let backend = Backend::start(|mut stream| {
         let mut request = Vec::new();
         stream.read_to_end(&mut request).unwrap();

@@ -9,7 +9,7 @@ pub struct ConfigError {
     pub line: usize,
     pub option: Option<String>,
     pub value: Option<String>,
-    /// What is wrong and how to fix it, as a lowercase sentence.
+    /// Description of the problem and its fix, as a lowercase sentence.
     pub message: String,
 }
 

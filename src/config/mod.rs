@@ -145,9 +145,9 @@ pub struct CertSource {
     pub cert: PathBuf,
     /// `None` when the key sits in the certificate file, as stunnel allows.
     pub key: Option<PathBuf>,
-    /// Where the `cert` option was written, for error messages.
+    /// Location of the `cert` option, for error messages.
     pub origin: Origin,
-    /// Where the `key` option was written, when there is one.
+    /// Location of the `key` option, when there is one.
     pub key_origin: Option<Origin>,
 }
 

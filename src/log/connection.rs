@@ -5,13 +5,13 @@ use std::time::{Duration, SystemTime};
 use super::{format_rfc3339, CloseReason};
 use crate::config::LogLevel;
 
-/// What the log line of a finished connection contains.
+/// Fields of the log line of a finished connection.
 #[derive(Debug, Clone)]
 pub struct ConnectionRecord<'a> {
     pub service: &'a str,
     /// `None` for clients of a UNIX-socket listener.
     pub client: Option<SocketAddr>,
-    /// Source address of the backend connection, as the backend sees it.
+    /// Source address of the backend connection: the peer address the backend logs.
     pub local: Option<SocketAddr>,
     pub backend: Option<&'a crate::config::Address>,
     pub start: SystemTime,

@@ -11,8 +11,8 @@ pub mod userspace;
 pub use splice::{PipePool, SpliceRelay};
 pub use userspace::UserspaceRelay;
 
-/// Which data path a connection took after the handshake, as written in its log
-/// line and in metrics labels.
+/// Data path a connection took after the handshake, as written in its log line
+/// and in metrics labels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DataPath {
     /// rustls encrypts and decrypts in the worker.

@@ -28,8 +28,8 @@ pub fn bind(address: &Address, workers: usize) -> io::Result<ServiceListeners> {
     match address {
         Address::Inet(addr) => bind_inet(*addr, workers),
         Address::Unix(path) => {
-            // A socket file left by an earlier run blocks bind; remove it only when
-            // nothing answers on it.
+            // A socket file left by an earlier run blocks bind. Remove it only when no
+            // process accepts connections on it.
             if path.exists() && std::os::unix::net::UnixStream::connect(path).is_err() {
                 let _ = std::fs::remove_file(path);
             }

@@ -5,8 +5,8 @@
 //! operation of its previous connection has completed, and the generation changes
 //! on reuse, so a completion always finds the connection that submitted it.
 
-/// What an operation does. Worker-level kinds carry a listener index or nothing in
-/// the slot field.
+/// Operation kind. Worker-level kinds carry a listener index or nothing in the slot
+/// field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Kind {
@@ -48,7 +48,7 @@ impl Kind {
         Kind::BackendWritable,
     ];
 
-    /// The bit of this kind in a connection's set of operations in flight.
+    /// Returns the bit of this kind in a connection's set of operations in flight.
     pub fn bit(self) -> u16 {
         1 << (self as u8)
     }

@@ -94,7 +94,7 @@ pub enum Op {
     CancelFd { fd: RawFd },
 }
 
-/// What an in-flight operation owns until its completion arrives.
+/// Resources an in-flight operation owns until its completion arrives.
 enum Held {
     Nothing,
     Send(Vec<u8>, usize),
@@ -498,7 +498,11 @@ struct BufferRing {
 
 impl BufferRing {
     fn new(uring: &IoUring, count: u16, size: usize) -> io::Result<BufferRing> {
-        assert!(count.is_power_of_two() && count <= 32768);
+        assert!(
+            count.is_power_of_two(),
+            "buffer count {count} is not a power of two"
+        );
+        assert!(count <= 32768, "buffer count {count} is above 32768");
         let entries_len = usize::from(count) * std::mem::size_of::<BufRingEntry>();
         // SAFETY: an anonymous private mapping with no address hint has no
         // preconditions; the result is checked against MAP_FAILED.
@@ -553,9 +557,9 @@ impl BufferRing {
         entry.set_len(self.size as u32);
         entry.set_bid(id);
         self.tail = self.tail.wrapping_add(1);
-        // SAFETY: the tail field overlays the reserved field of the first entry, which
-        // is a u16 inside the live mapping; the kernel reads it concurrently, so it is
-        // written through an atomic with release ordering after the entry itself.
+        // SAFETY: the tail field overlays the reserved u16 of the first entry, inside
+        // the live mapping. The kernel reads it concurrently, so it is written through
+        // an atomic with release ordering, after the entry itself.
         unsafe {
             let tail = BufRingEntry::tail(self.entries) as *const AtomicU16;
             (*tail).store(self.tail, Ordering::Release);

@@ -28,7 +28,7 @@ pub struct LoadedCert {
 /// file's text and the decoded key are zeroized once the signing key is built.
 /// NOTE: the signing library keeps its own copy of the key for signing, and the
 /// buffers of its parser are freed without zeroizing.
-pub fn load(source: &CertSource, _provider: &CryptoProvider) -> Result<CertifiedKey, ConfigError> {
+pub fn load(source: &CertSource) -> Result<CertifiedKey, ConfigError> {
     let chain = read_chain(&source.cert).map_err(|message| error(source, &source.cert, message))?;
     let key_path = source.key.as_deref().unwrap_or(&source.cert);
     let key_error = |message: String| match &source.key_origin {
@@ -149,7 +149,7 @@ pub struct SniResolver {
 }
 
 impl SniResolver {
-    /// `certs` holds the listener's own certificates first, default first, then
+    /// `certs` contains the listener's own certificates first, default first, then
     /// the SNI routes' certificates.
     pub fn new(certs: Vec<LoadedCert>) -> SniResolver {
         assert!(
@@ -159,7 +159,7 @@ impl SniResolver {
         SniResolver { certs }
     }
 
-    /// The chosen certificate for `server_name`: its route, if any.
+    /// Returns the certificate chosen for `server_name`, with its route, if any.
     pub fn choose(&self, server_name: Option<&str>) -> &LoadedCert {
         let Some(name) = server_name else {
             return &self.certs[0];

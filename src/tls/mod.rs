@@ -53,14 +53,14 @@ pub fn load_certs(service: &Service) -> Result<Vec<LoadedCert>, ConfigError> {
     }
     for source in &service.certs {
         certs.push(LoadedCert {
-            key: Arc::new(certs::load(source, &provider)?),
+            key: Arc::new(certs::load(source)?),
             route: None,
             pattern: None,
         });
     }
     for (index, route) in service.sni.iter().enumerate() {
         certs.push(LoadedCert {
-            key: Arc::new(certs::load(&route.cert, &provider)?),
+            key: Arc::new(certs::load(&route.cert)?),
             route: Some(index),
             pattern: Some(route.pattern.clone()),
         });

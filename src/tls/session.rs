@@ -14,7 +14,7 @@ use super::certs::SniResolver;
 /// with room for TLS 1.2's explicit nonce.
 pub const MAX_RECORD: usize = 16384 + 256 + 5;
 
-/// What one call to [`TlsSession::read`] did.
+/// Outcome of one call to [`TlsSession::read`].
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Progress {
     /// Bytes of the input that were processed and must be dropped by the caller.
@@ -29,7 +29,7 @@ pub struct Progress {
 pub struct TlsSession {
     /// `None` once the connection was handed to kernel TLS.
     conn: Option<UnbufferedServerConnection>,
-    /// What the handshake negotiated, kept for the log after a hand-off.
+    /// Parameters the handshake negotiated, kept for the log after a hand-off.
     negotiated: Option<Negotiated>,
     choice: Arc<Choice>,
     handshake_done: bool,
@@ -101,7 +101,7 @@ impl TlsSession {
         })
     }
 
-    /// The server name the client asked for and the route it selected.
+    /// Returns the server name the client requested and the route it selected.
     pub fn chosen(&self) -> Option<&Chosen> {
         self.choice.chosen.get()
     }

@@ -316,7 +316,7 @@ impl Proxy {
         self.line_events.recv_timeout(timeout).ok()
     }
 
-    /// Every stderr line so far.
+    /// Returns every stderr line so far.
     pub fn output(&self) -> Vec<String> {
         self.lines.lock().unwrap().clone()
     }
@@ -397,7 +397,7 @@ impl Drop for Proxy {
     }
 }
 
-/// The value of `key=` in a connection log line.
+/// Returns the value of `key=` in a connection log line.
 pub fn field<'a>(line: &'a str, key: &str) -> &'a str {
     let prefix = format!(" {key}=");
     let start = line
@@ -469,7 +469,7 @@ impl Backend {
 
 // ---- client ----
 
-/// A rustls client configuration trusting exactly `roots`.
+/// Builds a rustls client configuration that trusts exactly `roots`.
 pub fn client_config(
     roots: &[CertificateDer<'static>],
     versions: &[&'static rustls::SupportedProtocolVersion],
@@ -553,7 +553,7 @@ impl Checksum {
     }
 }
 
-/// Whether the tests run as root (chroot and setuid tests need it).
+/// Reports whether the tests run as root (chroot and setuid tests need it).
 pub fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
