@@ -390,3 +390,88 @@ fn killed_worker_is_restarted() {
         echo_round_trip(&mut stream, b"after restart");
     }
 }
+
+/// Returns the time a log line was written, from its leading timestamp, in
+/// microseconds since the epoch.
+fn line_micros(line: &str) -> i64 {
+    let stamp = line.split_whitespace().next().unwrap_or_default();
+    tlsplice::correlate::time::parse_rfc3339(stamp)
+        .unwrap_or_else(|| panic!("no timestamp in {line:?}"))
+        .micros
+}
+
+fn now_micros() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    since.as_micros() as i64
+}
+
+/// While the key process delays one handshake's signature request, the same
+/// worker keeps relaying for a connection that is already open. The round trip
+/// on that connection finishes before the key process replies.
+#[test]
+fn pending_signature_keeps_worker_serving() {
+    let dir = TempDir::new("privsep-pending-sign");
+    let ecdsa = make_cert(&dir, "ecdsa", KeyKind::EcdsaP256, &["localhost"]);
+    let backend = Backend::echo();
+    let config = format!(
+        "privsep = yes\nthreads = 1\n[web]\naccept = 127.0.0.1:0\nconnect = {}\ncert = {}\nkey = {}\n",
+        backend.addr,
+        ecdsa.cert.display(),
+        ecdsa.key.display(),
+    );
+    let proxy = Proxy::start_with_env(&config, &[("TLSPLICE_DEBUG_SIGN_DELAY_MS", "1500")]);
+    wait_for_workers(&proxy, 1);
+
+    // A fresh client configuration has no ticket to resume with, so each of the
+    // two handshakes requests a signature from the key process.
+    let open_config = client_config(std::slice::from_ref(&ecdsa.der), rustls::ALL_VERSIONS);
+    let mut open = tls_connect(proxy.addr(), &open_config, "localhost").unwrap();
+    echo_round_trip(&mut open, b"before");
+    proxy.wait_for_line(&["answering worker 0 (test hook)"]);
+    let hook_lines_before = proxy
+        .output()
+        .iter()
+        .filter(|line| line.contains("(test hook)"))
+        .count();
+
+    let addr = proxy.addr();
+    let second_config = client_config(std::slice::from_ref(&ecdsa.der), rustls::ALL_VERSIONS);
+    let second = thread::spawn(move || {
+        let mut stream = tls_connect(addr, &second_config, "localhost").unwrap();
+        echo_round_trip(&mut stream, b"second");
+    });
+    // Wait until the second handshake's request is held, then use the open
+    // connection on the same worker.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let delayed = proxy
+            .output()
+            .iter()
+            .filter(|line| line.contains("holding a request of worker 0"))
+            .count();
+        if delayed == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the second request was not held");
+        thread::sleep(Duration::from_millis(10));
+    }
+    echo_round_trip(&mut open, b"during");
+    let relayed_at = now_micros();
+    second.join().unwrap();
+
+    let answers: Vec<String> = proxy
+        .output()
+        .into_iter()
+        .filter(|line| line.contains("answering worker 0 (test hook)"))
+        .collect();
+    assert_eq!(hook_lines_before, 2, "{answers:?}");
+    assert_eq!(answers.len(), 2, "{answers:?}");
+    let answered_at = line_micros(&answers[1]);
+    assert!(
+        relayed_at < answered_at,
+        "the open connection's round trip finished at {relayed_at}, after the key \
+         process answered at {answered_at}: the worker waited for the signature"
+    );
+}

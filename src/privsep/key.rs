@@ -15,6 +15,7 @@ use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
+use std::time::Duration;
 
 use rustls::sign::SigningKey;
 use rustls::SignatureScheme;
@@ -193,12 +194,37 @@ fn send_or_exit(control: &OwnedFd, message: &StartupMessage) {
 /// warning, the rest at debug level.
 static MALFORMED: AtomicU64 = AtomicU64::new(0);
 
+/// Environment variable of a test hook, compiled into debug builds only: a
+/// number of milliseconds the key process waits before it replies to each request,
+/// so tests can watch what workers do while a signature is outstanding. Release
+/// builds ignore the variable.
+pub const SIGN_DELAY_ENV: &str = "TLSPLICE_DEBUG_SIGN_DELAY_MS";
+
+fn sign_delay() -> Option<Duration> {
+    if !cfg!(debug_assertions) {
+        return None;
+    }
+    let millis = std::env::var(SIGN_DELAY_ENV).ok()?.parse().ok()?;
+    Some(Duration::from_millis(millis))
+}
+
 /// Serves one worker's sign requests until its socket closes.
 fn serve(worker: usize, socket: &OwnedFd, keys: &[HeldKey]) {
     let mut buf = vec![0u8; SIGN_PACKET_BUFFER];
+    let delay = sign_delay();
     loop {
         let reply = match process::recv_packet(socket, &mut buf, None) {
-            Ok(Packet::Data(len)) => answer(worker, &buf[..len], keys),
+            Ok(Packet::Data(len)) => {
+                if let Some(delay) = delay {
+                    crate::notice!(
+                        "key process: holding a request of worker {worker} for {} ms (test hook)",
+                        delay.as_millis()
+                    );
+                    process::pause(delay);
+                    crate::notice!("key process: answering worker {worker} (test hook)");
+                }
+                answer(worker, &buf[..len], keys)
+            }
             Ok(Packet::Truncated(len)) => {
                 note_malformed(worker, &format!("request of {len} bytes is too long"));
                 SignReply {

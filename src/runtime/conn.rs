@@ -54,7 +54,7 @@ pub struct Conn {
     pub splice: Option<Box<SpliceRelay>>,
 
     /// Kinds of operations in flight, as [`Kind::bit`] values.
-    pub inflight: u16,
+    pub inflight: u32,
     /// The client sent close_notify or FIN.
     pub client_eof: bool,
     /// The backend sent FIN.
@@ -100,7 +100,11 @@ impl Conn {
 
     /// Whether a client receive should be posted now.
     pub fn wants_client_recv(&self) -> bool {
-        if self.is_inflight(Kind::ClientRecv) || self.client_eof || self.is_kernel_tls() {
+        if self.is_inflight(Kind::ClientRecv)
+            || self.is_inflight(Kind::HandshakeStep)
+            || self.client_eof
+            || self.is_kernel_tls()
+        {
             return false;
         }
         match self.phase {

@@ -499,6 +499,8 @@ fn run_workers(
             shutdown_timeout: global.shutdown_timeout,
             metrics: metrics.registry.register_worker(),
             restricted_ring: false,
+            // Keys are local without privilege separation: signing needs no wait.
+            handshake_thread: false,
         };
         let services = services.clone();
         let shared = shared.clone();

@@ -28,10 +28,16 @@ pub enum Kind {
     ClientWritable = 12,
     BackendReadable = 13,
     BackendWritable = 14,
+    /// A read of the eventfd the handshake thread signals when steps are done.
+    HandshakeReady = 15,
+    /// A handshake step running on the handshake thread. It is no ring
+    /// operation, but it counts as one in flight: the slot is not freed before
+    /// the step returns the TLS session.
+    HandshakeStep = 16,
 }
 
 impl Kind {
-    const ALL: [Kind; 14] = [
+    const ALL: [Kind; 16] = [
         Kind::Accept,
         Kind::Tick,
         Kind::Wake,
@@ -46,10 +52,12 @@ impl Kind {
         Kind::ClientWritable,
         Kind::BackendReadable,
         Kind::BackendWritable,
+        Kind::HandshakeReady,
+        Kind::HandshakeStep,
     ];
 
     /// Returns the bit of this kind in a connection's set of operations in flight.
-    pub fn bit(self) -> u16 {
+    pub fn bit(self) -> u32 {
         1 << (self as u8)
     }
 }

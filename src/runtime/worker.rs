@@ -1,8 +1,10 @@
 //! A worker thread: one io_uring, its own listeners, and a slab of connections.
 //! Workers share only read-only service data and a stop flag.
 //!
-//! The kernel TLS hand-off and the splice relay's hooks live in [`kernel_tls`].
+//! The kernel TLS hand-off and the splice relay's hooks live in [`kernel_tls`];
+//! handshake steps that wait for the key process run on a [`handshake_thread`].
 
+mod handshake_thread;
 mod kernel_tls;
 
 use std::io;
@@ -24,6 +26,7 @@ use crate::relay::{DataPath, PipePool, UserspaceRelay};
 use crate::sys::ring::{Completion, Op, Ring, RingConfig};
 use crate::tls::TlsSession;
 use crate::{debug, info, warning};
+use handshake_thread::{Finished, HandshakeThread, Step};
 
 /// Interval of the timer that checks connection deadlines.
 const TICK: Duration = Duration::from_millis(250);
@@ -40,6 +43,9 @@ pub struct WorkerConfig {
     pub metrics: WorkerMetrics,
     /// Create the ring with only the opcodes a jailed worker uses.
     pub restricted_ring: bool,
+    /// Run the handshake steps that may sign on a separate thread, because
+    /// signing waits for the key process.
+    pub handshake_thread: bool,
 }
 
 enum Slot {
@@ -74,6 +80,7 @@ pub struct Worker {
     shutdown_timeout: Duration,
     stop_deadline: Option<Instant>,
     metrics: WorkerMetrics,
+    handshakes: Option<HandshakeThread>,
 }
 
 /// Send buffers kept for reuse, at most.
@@ -107,6 +114,11 @@ impl Worker {
         } else {
             Ring::new(ring_config)?
         };
+        let handshakes = if config.handshake_thread {
+            Some(HandshakeThread::start(config.index)?)
+        } else {
+            None
+        };
         let count = config.listeners.len();
         Ok(Worker {
             index: config.index,
@@ -130,6 +142,7 @@ impl Worker {
             shutdown_timeout: config.shutdown_timeout,
             stop_deadline: None,
             metrics: config.metrics,
+            handshakes,
         })
     }
 
@@ -147,6 +160,13 @@ impl Worker {
             Token::new(Kind::Tick, 0, 0).encode(),
             Op::Timeout { after: TICK },
         )?;
+        if let Some(handshakes) = &self.handshakes {
+            let fd = handshakes.ready_fd();
+            self.ring.submit(
+                Token::new(Kind::HandshakeReady, 0, 0).encode(),
+                Op::ReadEventfd { fd },
+            )?;
+        }
 
         let mut completions = Vec::with_capacity(256);
         loop {
@@ -180,6 +200,7 @@ impl Worker {
             Kind::Accept => self.on_accept(token.slot as usize, completion),
             Kind::Tick => self.on_tick(),
             Kind::Wake => self.on_wake(),
+            Kind::HandshakeReady => self.on_handshake_ready(),
             _ => {
                 let current = matches!(
                     self.slots.get(token.slot as usize),
@@ -493,7 +514,9 @@ impl Worker {
             | Kind::ClientWritable
             | Kind::BackendReadable
             | Kind::BackendWritable => self.drive(slot),
-            Kind::Accept | Kind::Tick | Kind::Wake => unreachable!("not a connection operation"),
+            Kind::Accept | Kind::Tick | Kind::Wake | Kind::HandshakeReady | Kind::HandshakeStep => {
+                unreachable!("not a connection operation")
+            }
         }
     }
 
@@ -530,23 +553,110 @@ impl Worker {
             return self.on_proxy_header_bytes(slot, received);
         }
         let now = Instant::now();
+        let conn = self.conn(slot);
+        conn.last_activity = now;
+        conn.first_byte_at.get_or_insert(now);
+        if self.handshakes.is_some() && self.conn(slot).tls.may_sign() {
+            let data = self.ring.received(&received).to_vec();
+            self.ring.recycle(received);
+            return self.submit_handshake_step(slot, data);
+        }
         let result = {
             let Slot::Used(conn) = &mut self.slots[slot as usize] else {
                 unreachable!()
             };
-            conn.last_activity = now;
-            conn.first_byte_at.get_or_insert(now);
             let data = self.ring.received(&received);
             let before = conn.relay.to_backend.len();
             let result = conn.relay.client_bytes(&mut conn.tls, data);
-            let plaintext = conn.relay.to_backend.len() - before;
-            conn.bytes_up += plaintext as u64;
-            if plaintext > 0 && conn.first_request_at.is_none() {
-                conn.first_request_at = Some(now);
-            }
+            count_plaintext(conn, before, now);
             result
         };
         self.ring.recycle(received);
+        self.after_tls_read(slot, result)
+    }
+
+    /// Lends the connection's TLS session to the handshake thread for one step
+    /// over `data`, after any partial record already buffered.
+    fn submit_handshake_step(&mut self, slot: u32, data: Vec<u8>) -> io::Result<()> {
+        let conn = self.conn(slot);
+        let input = if conn.relay.partial_record.is_empty() {
+            data
+        } else {
+            let mut input = std::mem::take(&mut conn.relay.partial_record);
+            input.extend_from_slice(&data);
+            input
+        };
+        let tls = conn.tls.lend();
+        conn.set_inflight(Kind::HandshakeStep);
+        let step = Step {
+            slot,
+            generation: conn.generation,
+            tls,
+            input,
+        };
+        let Some(handshakes) = &self.handshakes else {
+            unreachable!("handshake steps go to the thread only when it runs");
+        };
+        // A worker whose handshake thread has ended cannot finish handshakes:
+        // fail, and the parent starts a new worker.
+        handshakes.submit(step)
+    }
+
+    /// Takes the steps the handshake thread has finished and carries on with
+    /// their connections.
+    fn on_handshake_ready(&mut self) -> io::Result<()> {
+        let Some(handshakes) = &self.handshakes else {
+            return Ok(());
+        };
+        let fd = handshakes.ready_fd();
+        self.ring.submit(
+            Token::new(Kind::HandshakeReady, 0, 0).encode(),
+            Op::ReadEventfd { fd },
+        )?;
+        loop {
+            let Some(handshakes) = &self.handshakes else {
+                return Ok(());
+            };
+            let Some(finished) = handshakes.take_finished()? else {
+                return Ok(());
+            };
+            self.on_handshake_step(finished)?;
+            self.finish_closed();
+        }
+    }
+
+    fn on_handshake_step(&mut self, finished: Finished) -> io::Result<()> {
+        let Finished {
+            slot,
+            generation,
+            tls,
+            mut input,
+            to_client,
+            plaintext,
+            result,
+        } = finished;
+        let Some(Slot::Used(conn)) = self.slots.get_mut(slot as usize) else {
+            unreachable!("a slot with a handshake step out is never freed");
+        };
+        debug_assert_eq!(conn.generation, generation);
+        conn.clear_inflight(Kind::HandshakeStep);
+        conn.tls.restore(tls);
+        if conn.phase == Phase::Closing {
+            self.finishing.push(slot);
+            return Ok(());
+        }
+        // The same bookkeeping as `UserspaceRelay::client_bytes`, whose
+        // `TlsSession::read` ran on the thread.
+        conn.relay.to_client.extend_from_slice(&to_client);
+        let before = conn.relay.to_backend.len();
+        conn.relay.to_backend.extend_from_slice(&plaintext);
+        count_plaintext(conn, before, Instant::now());
+        if let Ok(progress) = &result {
+            if !progress.peer_closed {
+                input.drain(..progress.consumed);
+                conn.relay.partial_record = input;
+            }
+        }
         self.after_tls_read(slot, result)
     }
 
@@ -624,6 +734,9 @@ impl Worker {
                     return self.drive(slot);
                 }
                 conn.first_byte_at.get_or_insert_with(Instant::now);
+                if self.handshakes.is_some() && conn.tls.may_sign() {
+                    return self.submit_handshake_step(slot, rest);
+                }
                 let Conn { relay, tls, .. } = &mut **conn;
                 let result = relay.client_bytes(tls, &mut rest);
                 self.after_tls_read(slot, result)
@@ -1244,6 +1357,16 @@ impl Worker {
             reason: conn.reason.unwrap_or(CloseReason::Internal),
         };
         record.log();
+    }
+}
+
+/// Counts the plaintext a TLS read added to the bytes for the backend, which
+/// held `before` bytes until then.
+fn count_plaintext(conn: &mut Conn, before: usize, now: Instant) {
+    let plaintext = conn.relay.to_backend.len() - before;
+    conn.bytes_up += plaintext as u64;
+    if plaintext > 0 {
+        conn.first_request_at.get_or_insert(now);
     }
 }
 

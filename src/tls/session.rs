@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 use rustls::server::{ClientHello, ResolvesServerCert, UnbufferedServerConnection};
 use rustls::sign::CertifiedKey;
 use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, InsufficientSizeError};
-use rustls::ServerConfig;
+use rustls::{HandshakeKind, ServerConfig};
 
 use super::certs::SniResolver;
 
@@ -108,6 +108,40 @@ impl TlsSession {
 
     pub fn is_handshaking(&self) -> bool {
         !self.handshake_done
+    }
+
+    /// Returns whether processing more handshake records may need a signature
+    /// from the certificate's key. rustls signs while it processes the
+    /// ClientHello of a full handshake and records the handshake kind in that
+    /// same step. So this is true until the kind is known, and after a
+    /// HelloRetryRequest, because the second ClientHello is the one that is signed for.
+    pub fn may_sign(&self) -> bool {
+        match &self.conn {
+            Some(conn) if !self.handshake_done => matches!(
+                conn.handshake_kind(),
+                None | Some(HandshakeKind::FullWithHelloRetryRequest)
+            ),
+            _ => false,
+        }
+    }
+
+    /// Moves the session out, for one [`TlsSession::read`] on another thread, and
+    /// leaves a stand-in that fails reads and writes until
+    /// [`TlsSession::restore`] puts the session back.
+    pub fn lend(&mut self) -> TlsSession {
+        let stand_in = TlsSession {
+            conn: None,
+            negotiated: None,
+            choice: self.choice.clone(),
+            handshake_done: self.handshake_done,
+            peer_closed: self.peer_closed,
+        };
+        std::mem::replace(self, stand_in)
+    }
+
+    /// Puts back a session taken with [`TlsSession::lend`].
+    pub fn restore(&mut self, lent: TlsSession) {
+        *self = lent;
     }
 
     /// Processes the complete records at the start of `incoming`. Handshake
