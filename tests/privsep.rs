@@ -475,3 +475,42 @@ fn pending_signature_keeps_worker_serving() {
          process answered at {answered_at}: the worker waited for the signature"
     );
 }
+
+/// A signature that does not come back within the worker's deadline fails that
+/// handshake, and the worker process stays up.
+#[test]
+fn late_signature_fails_handshake() {
+    let dir = TempDir::new("privsep-late-sign");
+    let ecdsa = make_cert(&dir, "ecdsa", KeyKind::EcdsaP256, &["localhost"]);
+    let backend = Backend::echo();
+    let config = format!(
+        "privsep = yes\nthreads = 1\n[web]\naccept = 127.0.0.1:0\nconnect = {}\ncert = {}\nkey = {}\n",
+        backend.addr,
+        ecdsa.cert.display(),
+        ecdsa.key.display(),
+    );
+    // Longer than the 2 second deadline of a signature request.
+    let proxy = Proxy::start_with_env(&config, &[("TLSPLICE_DEBUG_SIGN_DELAY_MS", "2600")]);
+    let workers = wait_for_workers(&proxy, 1);
+
+    let client = client_config(std::slice::from_ref(&ecdsa.der), rustls::ALL_VERSIONS);
+    let result = tls_connect(proxy.addr(), &client, "localhost");
+    assert!(
+        result.is_err(),
+        "the handshake succeeded without a signature"
+    );
+    let lines = proxy.wait_for_conn_lines(1);
+    assert_eq!(field(&lines[0], "reason"), "handshake-failed");
+
+    // The key process's late reply arrives after the deadline and is dropped.
+    proxy.wait_for_line(&["answering worker 0 (test hook)"]);
+    assert_eq!(wait_for_workers(&proxy, 1), workers);
+    assert!(
+        !proxy
+            .output()
+            .iter()
+            .any(|line| line.contains("restarting")),
+        "{:?}",
+        proxy.output()
+    );
+}

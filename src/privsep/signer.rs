@@ -2,12 +2,14 @@
 //! material and forwards each signature to the key process.
 //!
 //! Each worker process has one link to the key process, installed once with
-//! [`install_link`] after the fork. Requests on it are serialized by a mutex, carry
-//! a sequence number and a deadline, and a reply with another sequence number (left
-//! over from a request that timed out) is dropped.
+//! [`install_link`] after the fork. Requests carry a sequence number and a
+//! deadline. Inside a suspendable handshake step (see [`crate::sys::suspend`])
+//! the signer sends the request and suspends the step, and the worker's ring
+//! receives the reply and resumes the step. Elsewhere the signer waits for the
+//! reply itself, and drops replies with another sequence number.
 
 use std::fmt;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
@@ -43,7 +45,21 @@ pub fn install_link(socket: OwnedFd) {
     }
 }
 
-/// Signs `message` over `socket`, waiting at most [`SIGN_TIMEOUT`].
+/// Returns the socket of this process's link to the key process, for the
+/// worker's ring to receive replies on.
+pub fn link_socket() -> Option<RawFd> {
+    let link = LINK.get()?;
+    let link = link.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    Some(link.socket.as_raw_fd())
+}
+
+/// Returns the sequence number of a reply packet, or `None` for an invalid packet.
+pub fn reply_seq(packet: &[u8]) -> Option<u64> {
+    SignReply::decode(packet).ok().map(|reply| reply.seq)
+}
+
+/// Signs `message` in the key process, waiting at most [`SIGN_TIMEOUT`]: by
+/// suspending the handshake step when it is suspendable, else on this thread.
 fn sign_remote(
     key: u32,
     scheme: SignatureScheme,
@@ -71,6 +87,29 @@ fn sign_remote(
         ))
     })?;
 
+    if crate::sys::suspend::can_suspend() {
+        // The worker's ring receives the reply while the step is suspended, so
+        // the link must not stay locked.
+        drop(link);
+        return match crate::sys::suspend::suspend(seq) {
+            Some(Some(packet)) => match SignReply::decode(&packet) {
+                Ok(reply) if reply.seq == seq => signature(reply),
+                Ok(reply) => Err(rustls::Error::General(format!(
+                    "the key process replied to request {} instead of {seq}",
+                    reply.seq
+                ))),
+                Err(err) => Err(rustls::Error::General(format!(
+                    "invalid reply from the key process: {err}"
+                ))),
+            },
+            Some(None) => Err(timed_out()),
+            None => unreachable!("can_suspend was true on this thread"),
+        };
+    }
+
+    // NOTE: a wait here would take replies meant for suspended steps, which then
+    // time out. Workers sign only in suspendable steps, so this path serves
+    // callers outside a worker's event loop.
     let KeyLink { socket, buf, .. } = &mut *link;
     loop {
         let left = deadline.saturating_sub(process::monotonic_nanos());
@@ -109,12 +148,16 @@ fn sign_remote(
             );
             continue;
         }
-        return match reply.status {
-            Status::Signed => Ok(reply.signature),
-            status => Err(rustls::Error::General(format!(
-                "the key process did not sign: {status:?}"
-            ))),
-        };
+        return signature(reply);
+    }
+}
+
+fn signature(reply: SignReply) -> Result<Vec<u8>, rustls::Error> {
+    match reply.status {
+        Status::Signed => Ok(reply.signature),
+        status => Err(rustls::Error::General(format!(
+            "the key process did not sign: {status:?}"
+        ))),
     }
 }
 

@@ -97,7 +97,7 @@ pub fn run(
         // Reported on SIGUSR1 only: `stats` and `histogram_log` need privsep off.
         metrics: registry.register_worker(),
         restricted_ring: true,
-        handshake_thread: true,
+        suspend_signing: true,
     };
     let probe = start.first_start && index == 0;
 

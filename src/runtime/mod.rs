@@ -500,7 +500,7 @@ fn run_workers(
             metrics: metrics.registry.register_worker(),
             restricted_ring: false,
             // Keys are local without privilege separation: signing needs no wait.
-            handshake_thread: false,
+            suspend_signing: false,
         };
         let services = services.clone();
         let shared = shared.clone();

@@ -28,11 +28,11 @@ pub enum Kind {
     ClientWritable = 12,
     BackendReadable = 13,
     BackendWritable = 14,
-    /// A read of the eventfd the handshake thread signals when steps are done.
-    HandshakeReady = 15,
-    /// A handshake step running on the handshake thread. It is no ring
-    /// operation, but it counts as one in flight: the slot is not freed before
-    /// the step returns the TLS session.
+    /// A receive of a reply from the key process.
+    KeyReply = 15,
+    /// A handshake step suspended until the key process signs. It is no ring
+    /// operation, but it counts as one in flight: the TLS session is lent to the
+    /// step until it finishes.
     HandshakeStep = 16,
 }
 
@@ -52,7 +52,7 @@ impl Kind {
         Kind::ClientWritable,
         Kind::BackendReadable,
         Kind::BackendWritable,
-        Kind::HandshakeReady,
+        Kind::KeyReply,
         Kind::HandshakeStep,
     ];
 

@@ -2,14 +2,14 @@
 //! Workers share only read-only service data and a stop flag.
 //!
 //! The kernel TLS hand-off and the splice relay's hooks live in [`kernel_tls`];
-//! handshake steps that wait for the key process run on a [`handshake_thread`].
+//! handshake steps that wait for the key process run as [`handshake_step`]s.
 
-mod handshake_thread;
+mod handshake_step;
 mod kernel_tls;
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -22,11 +22,12 @@ use super::{Service, Shared};
 use crate::config::Address;
 use crate::log::{CloseReason, ConnectionRecord};
 use crate::metrics::{HandshakeFailure, WorkerMetrics};
+use crate::privsep::signer::SIGN_TIMEOUT;
 use crate::relay::{DataPath, PipePool, UserspaceRelay};
 use crate::sys::ring::{Completion, Op, Ring, RingConfig};
 use crate::tls::TlsSession;
 use crate::{debug, info, warning};
-use handshake_thread::{Finished, HandshakeThread, Step};
+use handshake_step::{Output, State, Steps, Suspended};
 
 /// Interval of the timer that checks connection deadlines.
 const TICK: Duration = Duration::from_millis(250);
@@ -43,9 +44,9 @@ pub struct WorkerConfig {
     pub metrics: WorkerMetrics,
     /// Create the ring with only the opcodes a jailed worker uses.
     pub restricted_ring: bool,
-    /// Run the handshake steps that may sign on a separate thread, because
-    /// signing waits for the key process.
-    pub handshake_thread: bool,
+    /// Run the handshake steps that may sign as coroutines that suspend while
+    /// the key process signs.
+    pub suspend_signing: bool,
 }
 
 enum Slot {
@@ -80,7 +81,13 @@ pub struct Worker {
     shutdown_timeout: Duration,
     stop_deadline: Option<Instant>,
     metrics: WorkerMetrics,
-    handshakes: Option<HandshakeThread>,
+    /// Suspendable handshake steps, when the keys live in the key process.
+    steps: Option<Steps>,
+    /// The socket that replies from the key process arrive on.
+    key_link: Option<RawFd>,
+    key_recv_armed: bool,
+    /// Steps waiting for a signature, with their connection's slot and generation.
+    suspended: Vec<(u32, u32, Suspended)>,
 }
 
 /// Send buffers kept for reuse, at most.
@@ -114,8 +121,8 @@ impl Worker {
         } else {
             Ring::new(ring_config)?
         };
-        let handshakes = if config.handshake_thread {
-            Some(HandshakeThread::start(config.index)?)
+        let key_link = if config.suspend_signing {
+            crate::privsep::signer::link_socket()
         } else {
             None
         };
@@ -142,7 +149,10 @@ impl Worker {
             shutdown_timeout: config.shutdown_timeout,
             stop_deadline: None,
             metrics: config.metrics,
-            handshakes,
+            steps: key_link.map(|_| Steps::default()),
+            key_link,
+            key_recv_armed: false,
+            suspended: Vec::new(),
         })
     }
 
@@ -160,13 +170,6 @@ impl Worker {
             Token::new(Kind::Tick, 0, 0).encode(),
             Op::Timeout { after: TICK },
         )?;
-        if let Some(handshakes) = &self.handshakes {
-            let fd = handshakes.ready_fd();
-            self.ring.submit(
-                Token::new(Kind::HandshakeReady, 0, 0).encode(),
-                Op::ReadEventfd { fd },
-            )?;
-        }
 
         let mut completions = Vec::with_capacity(256);
         loop {
@@ -200,7 +203,7 @@ impl Worker {
             Kind::Accept => self.on_accept(token.slot as usize, completion),
             Kind::Tick => self.on_tick(),
             Kind::Wake => self.on_wake(),
-            Kind::HandshakeReady => self.on_handshake_ready(),
+            Kind::KeyReply => self.on_key_reply(completion),
             _ => {
                 let current = matches!(
                     self.slots.get(token.slot as usize),
@@ -406,6 +409,7 @@ impl Worker {
         )?;
 
         self.metrics.publish();
+        self.expire_steps(now)?;
 
         if self.accept_paused_until.is_some_and(|until| now >= until) {
             self.accept_paused_until = None;
@@ -514,7 +518,7 @@ impl Worker {
             | Kind::ClientWritable
             | Kind::BackendReadable
             | Kind::BackendWritable => self.drive(slot),
-            Kind::Accept | Kind::Tick | Kind::Wake | Kind::HandshakeReady | Kind::HandshakeStep => {
+            Kind::Accept | Kind::Tick | Kind::Wake | Kind::KeyReply | Kind::HandshakeStep => {
                 unreachable!("not a connection operation")
             }
         }
@@ -556,10 +560,10 @@ impl Worker {
         let conn = self.conn(slot);
         conn.last_activity = now;
         conn.first_byte_at.get_or_insert(now);
-        if self.handshakes.is_some() && self.conn(slot).tls.may_sign() {
+        if self.steps.is_some() && self.conn(slot).tls.may_sign() {
             let data = self.ring.received(&received).to_vec();
             self.ring.recycle(received);
-            return self.submit_handshake_step(slot, data);
+            return self.start_handshake_step(slot, data);
         }
         let result = {
             let Slot::Used(conn) = &mut self.slots[slot as usize] else {
@@ -575,9 +579,9 @@ impl Worker {
         self.after_tls_read(slot, result)
     }
 
-    /// Lends the connection's TLS session to the handshake thread for one step
-    /// over `data`, after any partial record already buffered.
-    fn submit_handshake_step(&mut self, slot: u32, data: Vec<u8>) -> io::Result<()> {
+    /// Runs one suspendable handshake step over `data`, after any partial
+    /// record already buffered, with the connection's TLS session lent to it.
+    fn start_handshake_step(&mut self, slot: u32, data: Vec<u8>) -> io::Result<()> {
         let conn = self.conn(slot);
         let input = if conn.relay.partial_record.is_empty() {
             data
@@ -588,65 +592,162 @@ impl Worker {
         };
         let tls = conn.tls.lend();
         conn.set_inflight(Kind::HandshakeStep);
-        let step = Step {
-            slot,
-            generation: conn.generation,
-            tls,
-            input,
+        let generation = conn.generation;
+        let Some(steps) = &mut self.steps else {
+            unreachable!("handshake steps start only when signing is remote");
         };
-        let Some(handshakes) = &self.handshakes else {
-            unreachable!("handshake steps go to the thread only when it runs");
-        };
-        // A worker whose handshake thread has ended cannot finish handshakes:
-        // fail, and the parent starts a new worker.
-        handshakes.submit(step)
+        let state = steps.start(tls, input)?;
+        self.on_step_state(slot, generation, state)
     }
 
-    /// Takes the steps the handshake thread has finished and carries on with
-    /// their connections.
-    fn on_handshake_ready(&mut self) -> io::Result<()> {
-        let Some(handshakes) = &self.handshakes else {
-            return Ok(());
-        };
-        let fd = handshakes.ready_fd();
-        self.ring.submit(
-            Token::new(Kind::HandshakeReady, 0, 0).encode(),
-            Op::ReadEventfd { fd },
-        )?;
-        loop {
-            let Some(handshakes) = &self.handshakes else {
-                return Ok(());
-            };
-            let Some(finished) = handshakes.take_finished()? else {
-                return Ok(());
-            };
-            self.on_handshake_step(finished)?;
-            self.finish_closed();
+    fn on_step_state(&mut self, slot: u32, generation: u32, state: State) -> io::Result<()> {
+        match state {
+            State::Suspended(step) => {
+                self.suspended.push((slot, generation, step));
+                self.arm_key_recv()
+            }
+            State::Done(output) => self.on_step_done(slot, output),
         }
     }
 
-    fn on_handshake_step(&mut self, finished: Finished) -> io::Result<()> {
-        let Finished {
-            slot,
-            generation,
+    /// Posts a receive on the link to the key process while steps wait for a
+    /// reply, unless one is in flight.
+    fn arm_key_recv(&mut self) -> io::Result<()> {
+        let Some(fd) = self.key_link else {
+            return Ok(());
+        };
+        if self.key_recv_armed || self.suspended.is_empty() {
+            return Ok(());
+        }
+        self.key_recv_armed = true;
+        self.ring
+            .submit(Token::new(Kind::KeyReply, 0, 0).encode(), Op::Recv { fd })
+    }
+
+    /// Resumes the step that waits for the reply just received.
+    fn on_key_reply(&mut self, completion: Completion) -> io::Result<()> {
+        self.key_recv_armed = false;
+        match (completion.result, completion.received) {
+            (Ok(len), Some(buf)) if len > 0 => {
+                let packet = self.ring.received(&buf).to_vec();
+                self.ring.recycle(buf);
+                self.on_key_packet(packet)?;
+                return self.arm_key_recv();
+            }
+            (result, buf) => {
+                if let Some(buf) = buf {
+                    self.ring.recycle(buf);
+                }
+                match result {
+                    // No receive buffer was free: the next tick tries again.
+                    Err(libc::ENOBUFS) => return Ok(()),
+                    Err(errno) => warning!(
+                        "worker {}: receive from the key process failed: {}",
+                        self.index,
+                        io::Error::from_raw_os_error(errno)
+                    ),
+                    Ok(_) => warning!("worker {}: the key process closed the link", self.index),
+                }
+            }
+        }
+        // Without replies, every waiting handshake fails now rather than at its
+        // deadline.
+        for (slot, generation, step) in std::mem::take(&mut self.suspended) {
+            self.give_up_step(slot, generation, step)?;
+        }
+        Ok(())
+    }
+
+    fn on_key_packet(&mut self, packet: Vec<u8>) -> io::Result<()> {
+        let Some(seq) = crate::privsep::signer::reply_seq(&packet) else {
+            warning!(
+                "worker {}: invalid reply of {} bytes from the key process; dropped",
+                self.index,
+                packet.len()
+            );
+            return Ok(());
+        };
+        let Some(index) = self
+            .suspended
+            .iter()
+            .position(|(_, _, step)| step.seq == seq)
+        else {
+            // A reply to a request whose step gave up waiting.
+            debug!(
+                "worker {}: dropping a late key process reply {seq}",
+                self.index
+            );
+            return Ok(());
+        };
+        let (slot, generation, step) = self.suspended.swap_remove(index);
+        let Some(steps) = &mut self.steps else {
+            unreachable!("steps are suspended only when signing is remote");
+        };
+        let state = steps.resume(step, Some(packet));
+        self.on_step_state(slot, generation, state)
+    }
+
+    /// Resumes `step` without a reply, so its signature and handshake fail.
+    fn give_up_step(&mut self, slot: u32, generation: u32, step: Suspended) -> io::Result<()> {
+        let Some(steps) = &mut self.steps else {
+            unreachable!("steps are suspended only when signing is remote");
+        };
+        let state = steps.resume(step, None);
+        self.on_step_state(slot, generation, state)
+    }
+
+    /// Gives up the signature waits that passed their deadline.
+    fn expire_steps(&mut self, now: Instant) -> io::Result<()> {
+        let mut index = 0;
+        while index < self.suspended.len() {
+            if now.duration_since(self.suspended[index].2.since) < SIGN_TIMEOUT {
+                index += 1;
+                continue;
+            }
+            let (slot, generation, step) = self.suspended.swap_remove(index);
+            self.give_up_step(slot, generation, step)?;
+        }
+        self.arm_key_recv()
+    }
+
+    /// Ends the suspended step of a closing connection and puts its TLS session
+    /// back.
+    fn abandon_step(&mut self, slot: u32) {
+        while let Some(index) = self
+            .suspended
+            .iter()
+            .position(|(owner, _, _)| *owner == slot)
+        {
+            let (_, generation, step) = self.suspended.swap_remove(index);
+            let Some(steps) = &mut self.steps else {
+                unreachable!("steps are suspended only when signing is remote");
+            };
+            match steps.resume(step, None) {
+                // The step failed its signature and asked for another one,
+                // which fails the same way on the next turn of this loop.
+                State::Suspended(step) => self.suspended.push((slot, generation, step)),
+                State::Done(output) => {
+                    let conn = self.conn(slot);
+                    conn.clear_inflight(Kind::HandshakeStep);
+                    conn.tls.restore(output.tls);
+                }
+            }
+        }
+    }
+
+    fn on_step_done(&mut self, slot: u32, output: Box<Output>) -> io::Result<()> {
+        let Output {
             tls,
             mut input,
             to_client,
             plaintext,
             result,
-        } = finished;
-        let Some(Slot::Used(conn)) = self.slots.get_mut(slot as usize) else {
-            unreachable!("a slot with a handshake step out is never freed");
-        };
-        debug_assert_eq!(conn.generation, generation);
+        } = *output;
+        let conn = self.conn(slot);
         conn.clear_inflight(Kind::HandshakeStep);
         conn.tls.restore(tls);
-        if conn.phase == Phase::Closing {
-            self.finishing.push(slot);
-            return Ok(());
-        }
         // The same bookkeeping as `UserspaceRelay::client_bytes`, whose
-        // `TlsSession::read` ran on the thread.
+        // `TlsSession::read` ran in the step.
         conn.relay.to_client.extend_from_slice(&to_client);
         let before = conn.relay.to_backend.len();
         conn.relay.to_backend.extend_from_slice(&plaintext);
@@ -734,8 +835,8 @@ impl Worker {
                     return self.drive(slot);
                 }
                 conn.first_byte_at.get_or_insert_with(Instant::now);
-                if self.handshakes.is_some() && conn.tls.may_sign() {
-                    return self.submit_handshake_step(slot, rest);
+                if self.steps.is_some() && conn.tls.may_sign() {
+                    return self.start_handshake_step(slot, rest);
                 }
                 let Conn { relay, tls, .. } = &mut **conn;
                 let result = relay.client_bytes(tls, &mut rest);
@@ -1256,6 +1357,10 @@ impl Worker {
         }
         conn.phase = Phase::Closing;
         conn.reason.get_or_insert(reason);
+        if conn.is_inflight(Kind::HandshakeStep) {
+            self.abandon_step(slot);
+        }
+        let conn = self.conn(slot);
         // Pass an abortive close on as one: a reset toward the other side.
         let abort = match reason {
             CloseReason::ClientReset => conn.backend.as_ref(),

@@ -6,6 +6,7 @@ pub mod landlock;
 pub mod process;
 pub mod ring;
 pub mod seccomp;
+pub mod suspend;
 pub mod user;
 
 use std::ffi::CString;
