@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Handshakes per CPU-second of tlsplice with privsep on and off, on loopback.
-# Usage: perf/privsep.sh [COUNT] [CLIENT_THREADS]; run as root from the repository.
-# Every run is bounded by COUNT handshakes and 60 seconds.
+# Usage: perf/privsep.sh [COUNT] [CLIENT_THREADS] [ROUNDS]; run as root from the
+# repository. Each round runs privsep off and on in turn for both key types, and
+# every run is bounded by COUNT handshakes and 60 seconds. The summary gives the
+# median of the rounds and the ratio of privsep on to off.
 set -euo pipefail
 count=${1:-3000}
 threads=${2:-2}
+rounds=${3:-1}
 cargo build --release --quiet --bin tlsplice --example handshake_load
 dir=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$dir"' EXIT
@@ -33,16 +36,38 @@ PY
 while [ ! -s "$dir/backend.port" ]; do sleep 0.1; done
 backend=$(cat "$dir/backend.port")
 
+for round in $(seq 1 "$rounds"); do
 for kind in ec rsa; do
   for privsep in no yes; do
     printf 'foreground = yes\nsyslog = no\ndebug = notice\nthreads = 1\nprivsep = %s\naccept = 127.0.0.1:0\nconnect = 127.0.0.1:%s\ncert = %s\nkey = %s\n' \
       "$privsep" "$backend" "$dir/$kind.crt" "$dir/$kind.key" > "$dir/t.conf"
-    target/release/tlsplice "$dir/t.conf" 2> "$dir/log" &
+    # Empty the log first: the background start truncates it only when it runs,
+    # and the readiness check must not see the previous run's line.
+    : > "$dir/log"
+    target/release/tlsplice "$dir/t.conf" 2>> "$dir/log" &
     pid=$!
     until grep -q "listening on" "$dir/log"; do sleep 0.1; done
     addr=$(grep -o "listening on [^ ]*" "$dir/log" | cut -d' ' -f3)
-    printf '%s key, privsep=%s: ' "$kind" "$privsep"
-    target/release/examples/handshake_load "$addr" localhost "$dir/ca.crt" "$pid" "$count" "$threads"
+    result=$(target/release/examples/handshake_load "$addr" localhost "$dir/ca.crt" "$pid" "$count" "$threads")
+    echo "round $round: $kind key, privsep=$privsep: $result" | tee -a "$dir/results"
     kill -TERM $pid; wait $pid || true
   done
 done
+done
+
+python3 - "$dir/results" <<'PY'
+import re, statistics, sys
+runs = {}
+for line in open(sys.argv[1]):
+    m = re.search(r": (\w+) key, privsep=(\w+): .*per_cpu_s=(\d+) per_wall_s=(\d+)", line)
+    runs.setdefault((m[1], m[2]), []).append((int(m[3]), int(m[4])))
+print("median of %d round(s): handshakes per CPU-second (per wall-second)" % len(runs[("ec", "no")]))
+for kind in ("ec", "rsa"):
+    cpu = {p: statistics.median(r[0] for r in runs[(kind, p)]) for p in ("no", "yes")}
+    wall = {p: statistics.median(r[1] for r in runs[(kind, p)]) for p in ("no", "yes")}
+    # Each round's on/off ratio pairs two runs made one after the other.
+    paired = statistics.median(
+        on[0] / off[0] for off, on in zip(runs[(kind, "no")], runs[(kind, "yes")]))
+    print("%-3s privsep=no %6.0f (%5.0f)  privsep=yes %6.0f (%5.0f)  on/off %.3f, paired %.3f" % (
+        kind, cpu["no"], wall["no"], cpu["yes"], wall["yes"], cpu["yes"] / cpu["no"], paired))
+PY
