@@ -1,10 +1,12 @@
 //! Privilege separation end to end: the real binary as root with `privsep = yes`,
-//! real rustls clients, and checks on the key process and the worker processes
-//! through /proc.
+//! real rustls clients, and checks on the key process, the metrics process and
+//! the worker processes through /proc.
 
 mod common;
 
-use std::io::{Read, Seek, SeekFrom};
+use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -20,6 +22,7 @@ use common::*;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
     Key,
+    Metrics,
     Worker,
 }
 
@@ -48,6 +51,9 @@ fn role(pid: u32) -> Option<Role> {
         if name.starts_with("tlsplice-key") {
             return Some(Role::Key);
         }
+        if name.starts_with("tlsplice-metric") {
+            return Some(Role::Metrics);
+        }
         if name.starts_with("tlsplice-worke") {
             return Some(Role::Worker);
         }
@@ -55,33 +61,69 @@ fn role(pid: u32) -> Option<Role> {
     None
 }
 
-/// Waits until the proxy has one key process and `workers` worker processes;
-/// returns the worker pids.
+/// Waits until the proxy has one key process, one metrics process and
+/// `workers` worker processes; returns the worker pids.
 fn wait_for_workers(proxy: &Proxy, workers: usize) -> Vec<u32> {
+    wait_for_children(proxy, workers).1
+}
+
+/// Like [`wait_for_workers`]; returns the metrics process's pid too.
+fn wait_for_children(proxy: &Proxy, workers: usize) -> (u32, Vec<u32>) {
     let deadline = Instant::now() + WAIT;
     loop {
         let roles: Vec<(u32, Option<Role>)> = children(proxy.pid())
             .into_iter()
             .map(|pid| (pid, role(pid)))
             .collect();
-        let keys = roles
-            .iter()
-            .filter(|(_, role)| *role == Some(Role::Key))
-            .count();
-        let found: Vec<u32> = roles
-            .iter()
-            .filter(|(_, role)| *role == Some(Role::Worker))
-            .map(|(pid, _)| *pid)
-            .collect();
-        if keys == 1 && found.len() == workers {
-            return found;
+        let with_role = |wanted: Role| -> Vec<u32> {
+            roles
+                .iter()
+                .filter(|(_, role)| *role == Some(wanted))
+                .map(|(pid, _)| *pid)
+                .collect()
+        };
+        let keys = with_role(Role::Key);
+        let metrics = with_role(Role::Metrics);
+        let found = with_role(Role::Worker);
+        if keys.len() == 1 && metrics.len() == 1 && found.len() == workers {
+            return (metrics[0], found);
         }
         assert!(
             Instant::now() < deadline,
-            "expected 1 key process and {workers} workers, found {roles:?}"
+            "expected 1 key process, 1 metrics process and {workers} workers, found {roles:?}"
         );
         thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Asserts that process `pid` runs under seccomp with no_new_privs, as a user
+/// other than root, chrooted to `root`. `role_name` names it in failures.
+fn assert_jailed(pid: u32, root: &std::path::Path, role_name: &str) {
+    // A process names its threads before it installs the filter, so wait until
+    // the filter is on (or the deadline passes and the check fails).
+    let deadline = Instant::now() + WAIT;
+    let mut status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    while !status.contains("Seccomp:\t2") && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+        status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    }
+    let value = |key: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(key))
+            .map(str::trim)
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(value("Seccomp:"), "2", "{role_name} {pid}");
+    assert_eq!(value("NoNewPrivs:"), "1", "{role_name} {pid}");
+    assert_ne!(
+        value("Uid:").split_whitespace().next(),
+        Some("0"),
+        "{role_name} {pid}"
+    );
+    let link = std::fs::read_link(format!("/proc/{pid}/root")).unwrap();
+    assert_eq!(link, root, "{role_name} {pid}");
 }
 
 /// For each needle, whether it occurs in any readable mapping of `pid`.
@@ -288,31 +330,7 @@ fn worker_is_jailed_and_filtered() {
 
     let workers = wait_for_workers(&proxy, 2);
     for pid in workers {
-        // A restarted worker names its thread before it installs the filter, so
-        // wait until the filter is on (or the deadline passes and the check fails).
-        let deadline = Instant::now() + WAIT;
-        let mut status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        while !status.contains("Seccomp:\t2") && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(20));
-            status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        }
-        let value = |key: &str| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix(key))
-                .map(str::trim)
-                .unwrap_or_default()
-                .to_string()
-        };
-        assert_eq!(value("Seccomp:"), "2", "worker {pid}");
-        assert_eq!(value("NoNewPrivs:"), "1", "worker {pid}");
-        assert_ne!(
-            value("Uid:").split_whitespace().next(),
-            Some("0"),
-            "worker {pid}"
-        );
-        let link = std::fs::read_link(format!("/proc/{pid}/root")).unwrap();
-        assert_eq!(link, root, "worker {pid}");
+        assert_jailed(pid, &root, "worker");
     }
 
     let config = client_config(std::slice::from_ref(&rsa.der), rustls::ALL_VERSIONS);
@@ -473,6 +491,286 @@ fn pending_signature_keeps_worker_serving() {
         relayed_at < answered_at,
         "the open connection's round trip finished at {relayed_at}, after the key \
          process answered at {answered_at}: the worker waited for the signature"
+    );
+}
+
+// ---- metrics with privilege separation ----
+
+/// Bytes each metrics test connection sends; the echo backend returns them.
+const ECHOED: usize = 100;
+
+/// Sends a GET to the stats listener; returns the body.
+fn stats_get(addr: SocketAddr, path: &str) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: stats\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
+}
+
+fn stats_address(proxy: &Proxy) -> SocketAddr {
+    let line = proxy.wait_for_line(&["stats listening on "]);
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+/// Polls /stats.json until `accepted` connections are counted and none is
+/// active; returns the document.
+fn wait_for_counts(stats: SocketAddr, accepted: u64) -> serde_json::Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let json: serde_json::Value =
+            serde_json::from_str(&stats_get(stats, "/stats.json")).unwrap();
+        let counters = &json["total"]["counters"];
+        if counters["accepted"] == accepted && counters["active"] == 0 {
+            return json;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "expected {accepted} accepted and closed connections: {json}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Returns the worker process among `workers` that has the accepted socket
+/// of the client connection from `client` to `server`, found through
+/// /proc/net/tcp and the workers' descriptors.
+fn worker_of(client: SocketAddr, server: SocketAddr, workers: &[u32]) -> Option<u32> {
+    let port = |field: &str| u16::from_str_radix(field.rsplit(':').next()?, 16).ok();
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let inode = table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let matches = port(fields[1]) == Some(server.port())
+            && port(fields[2]) == Some(client.port())
+            && fields[9] != "0";
+        matches.then(|| fields[9].to_string())
+    })?;
+    let target = format!("socket:[{inode}]");
+    workers.iter().copied().find(|pid| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|entries| {
+                entries.flatten().any(|entry| {
+                    std::fs::read_link(entry.path())
+                        .is_ok_and(|link| link.to_str() == Some(target.as_str()))
+                })
+            })
+            .unwrap_or(false)
+    })
+}
+
+/// Makes echoed TLS connections until each worker served at least `minimum`,
+/// at most 200. Returns the number each worker served.
+fn connect_until_each_worker_served(
+    proxy: &Proxy,
+    cert: &Cert,
+    workers: &[u32],
+    minimum: usize,
+) -> HashMap<u32, usize> {
+    let config = client_config(std::slice::from_ref(&cert.der), rustls::ALL_VERSIONS);
+    let mut served: HashMap<u32, usize> = workers.iter().map(|pid| (*pid, 0)).collect();
+    for _ in 0..200 {
+        if served.values().all(|count| *count >= minimum) {
+            break;
+        }
+        let mut stream = tls_connect(proxy.addr(), &config, "localhost").unwrap();
+        echo_round_trip(&mut stream, &[b'm'; ECHOED]);
+        let client = stream.sock.local_addr().unwrap();
+        let worker = worker_of(client, proxy.addr(), workers)
+            .unwrap_or_else(|| panic!("no worker has the connection from {client}"));
+        *served.get_mut(&worker).unwrap() += 1;
+        stream.conn.send_close_notify();
+        let _ = stream.flush();
+    }
+    assert!(
+        served.values().all(|count| *count >= minimum),
+        "SO_REUSEPORT gave every connection to one worker: {served:?}"
+    );
+    served
+}
+
+/// Returns the count of the histogram tagged `tag`, summed over every interval
+/// of an HdrHistogram interval log.
+fn logged_count(log: &[u8], tag: &str) -> u64 {
+    use base64::Engine;
+    use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
+    use hdrhistogram::serialization::Deserializer;
+
+    let mut count = 0;
+    for entry in IntervalLogIterator::new(log) {
+        let Ok(LogEntry::Interval(interval)) = entry else {
+            continue;
+        };
+        if interval.tag().map(|t| t.as_str()) != Some(tag) {
+            continue;
+        }
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(interval.encoded_histogram())
+            .unwrap();
+        let histogram: hdrhistogram::Histogram<u64> = Deserializer::new()
+            .deserialize(&mut bytes.as_slice())
+            .unwrap();
+        count += histogram.len();
+    }
+    count
+}
+
+fn metrics_config(cert: &Cert, backend: &Backend, extra: &str) -> String {
+    format!(
+        "privsep = yes\nthreads = 2\nstats = 127.0.0.1:0\n{extra}\n[web]\naccept = 127.0.0.1:0\nconnect = {}\ncert = {}\nkey = {}\n",
+        backend.addr,
+        cert.cert.display(),
+        cert.key.display(),
+    )
+}
+
+#[test]
+fn metrics_process_merges_both_workers() {
+    let dir = TempDir::new("privsep-metrics");
+    let root = dir.join("jail");
+    std::fs::create_dir(&root).unwrap();
+    let cert = make_cert(&dir, "ecdsa", KeyKind::EcdsaP256, &["localhost"]);
+    let backend = Backend::echo();
+    let histogram_log = dir.join("latency.hlog");
+    let extra = format!(
+        "chroot = {}\nsetuid = nobody\nhistogram_log = {}\nhistogram_log_interval = 1\n",
+        root.display(),
+        histogram_log.display()
+    );
+    let proxy = Proxy::start_with_env(
+        &metrics_config(&cert, &backend, &extra),
+        &[("TLSPLICE_DEBUG_MALFORMED_METRICS", "garbage")],
+    );
+    let stats = stats_address(&proxy);
+    let (metrics, workers) = wait_for_children(&proxy, 2);
+    assert_jailed(metrics, &root, "metrics process");
+
+    // Worker 0's first start sends one delta that does not decode.
+    proxy.wait_for_line(&["dropped a malformed metrics delta from worker 0"]);
+
+    let served = connect_until_each_worker_served(&proxy, &cert, &workers, 3);
+    let total: usize = served.values().sum();
+    proxy.wait_for_conn_lines(total);
+
+    let json = wait_for_counts(stats, total as u64);
+    let counters = &json["total"]["counters"];
+    assert_eq!(counters["accepted"], total as u64);
+    let closed: u64 = counters["closed"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|count| count.as_u64().unwrap())
+        .sum();
+    assert_eq!(closed, total as u64);
+    let histograms = &json["total"]["histograms"];
+    assert_eq!(histograms["handshake_duration"]["count"], total as u64);
+    assert_eq!(
+        histograms["bytes_client_to_backend"]["sum"],
+        (total * ECHOED) as u64
+    );
+    assert_eq!(
+        histograms["bytes_backend_to_client"]["sum"],
+        (total * ECHOED) as u64
+    );
+    assert_eq!(json["services"][0]["counters"]["accepted"], total as u64);
+
+    let exposition = stats_get(stats, "/metrics");
+    let accepted_line = format!("tlsplice_connections_accepted_total{{service=\"web\"}} {total}");
+    assert!(
+        exposition.lines().any(|line| line == accepted_line),
+        "{exposition}"
+    );
+
+    // The histogram log gets an interval every second; wait until the intervals
+    // written so far hold every connection.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let log = std::fs::read(&histogram_log).unwrap();
+        let logged = logged_count(&log, "connection_duration");
+        if logged == total as u64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the histogram log holds {logged} of {total} connections"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+
+    proxy.signal(libc::SIGUSR1);
+    proxy.wait_for_line(&[&format!("stats: all services: accepted {total},")]);
+
+    // The malformed delta did not end the metrics process.
+    assert_eq!(wait_for_children(&proxy, 2).0, metrics);
+    assert!(
+        !proxy
+            .output()
+            .iter()
+            .any(|line| line.contains("the metrics process (pid")),
+        "{:#?}",
+        proxy.output()
+    );
+}
+
+#[test]
+fn metrics_survive_worker_kill() {
+    let dir = TempDir::new("privsep-metrics-restart");
+    let cert = make_cert(&dir, "ecdsa", KeyKind::EcdsaP256, &["localhost"]);
+    let backend = Backend::echo();
+    let mut proxy = Proxy::start(&metrics_config(&cert, &backend, ""));
+    let stats = stats_address(&proxy);
+    let workers = wait_for_workers(&proxy, 2);
+
+    let served = connect_until_each_worker_served(&proxy, &cert, &workers, 2);
+    let before: usize = served.values().sum();
+    proxy.wait_for_conn_lines(before);
+    wait_for_counts(stats, before as u64);
+
+    let victim = workers[0];
+    assert!(Command::new("kill")
+        .args(["-KILL", &victim.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    proxy.wait_for_line(&[&format!("(pid {victim}) was killed by signal 9 (SIGKILL)")]);
+    let deadline = Instant::now() + WAIT;
+    let after = loop {
+        let after = wait_for_workers(&proxy, 2);
+        if !after.contains(&victim) {
+            break after;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "worker {victim} was not replaced"
+        );
+        thread::sleep(Duration::from_millis(20));
+    };
+
+    // The victim's connections are still counted.
+    let json: serde_json::Value = serde_json::from_str(&stats_get(stats, "/stats.json")).unwrap();
+    assert_eq!(
+        json["total"]["counters"]["accepted"], before as u64,
+        "{json}"
+    );
+
+    let served = connect_until_each_worker_served(&proxy, &cert, &after, 1);
+    let total = before + served.values().sum::<usize>();
+    wait_for_counts(stats, total as u64);
+
+    // The metrics process logs the shutdown summary after the workers exit.
+    proxy.signal(libc::SIGTERM);
+    assert!(proxy.wait_exit().success());
+    let summary = format!("stats: all services: accepted {total},");
+    let output = proxy.output();
+    let summary_at = output.iter().position(|line| line.contains(&summary));
+    let stopped_at = output
+        .iter()
+        .position(|line| line.ends_with(" notice stopped"));
+    assert!(
+        summary_at.is_some() && summary_at < stopped_at,
+        "no shutdown summary before the last line: {output:#?}"
     );
 }
 

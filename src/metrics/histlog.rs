@@ -101,9 +101,11 @@ impl Drop for HistogramLogger {
     }
 }
 
-/// Log state: the writer and the cumulative values at the end of the last
-/// interval, which the next interval subtracts.
-pub(super) struct IntervalLog<W: Write> {
+/// An interval log on any writer: the writer and the cumulative values at the
+/// end of the last interval, which the next interval subtracts.
+/// [`HistogramLogger`] runs one on a thread; the metrics process of
+/// privilege separation runs one on its main thread.
+pub struct IntervalLog<W: Write> {
     writer: W,
     serializer: V2DeflateSerializer,
     base_time: SystemTime,
@@ -113,7 +115,7 @@ pub(super) struct IntervalLog<W: Write> {
 impl<W: Write> IntervalLog<W> {
     /// Writes the header; `start` supplies the start time and the values that the
     /// first interval is measured from.
-    pub(super) fn new(mut writer: W, start: Snapshot) -> io::Result<IntervalLog<W>> {
+    pub fn new(mut writer: W, start: Snapshot) -> io::Result<IntervalLog<W>> {
         let mut serializer = V2DeflateSerializer::new();
         IntervalLogWriterBuilder::new()
             .add_comment("tlsplice latency and size histograms")
@@ -137,7 +139,7 @@ impl<W: Write> IntervalLog<W> {
 
     /// Writes the values recorded between the previous snapshot and `current`,
     /// one tagged line per histogram of the total and of each service.
-    pub(super) fn write_interval(&mut self, current: &Snapshot) -> io::Result<()> {
+    pub fn write_interval(&mut self, current: &Snapshot) -> io::Result<()> {
         let start = elapsed(self.base_time, self.previous.taken_at);
         let length = elapsed(self.previous.taken_at, current.taken_at);
 

@@ -165,6 +165,28 @@ fn accept_loop(
     }
 }
 
+/// Accepts and serves requests one at a time on the calling thread, and never
+/// returns. Several threads may share one listener, each serving one request at
+/// a time, so this needs no thread per request. The metrics process of privilege
+/// separation uses it because its seccomp filter forbids starting threads.
+pub fn serve_shared(listener: &TcpListener, registry: &Registry, options: StatsServerOptions) -> ! {
+    let mut accept_errors: u64 = 0;
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => serve(stream, registry, options),
+            Err(error) => {
+                // EMFILE and the like: log the first few, and pause so that an
+                // error that persists does not spin.
+                accept_errors += 1;
+                if accept_errors <= 10 {
+                    log::warn!("metrics: stats accept failed: {error}");
+                }
+                crate::sys::process::pause(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
 /// An HTTP response before serialization.
 struct Response {
     status: u16,

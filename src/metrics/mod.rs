@@ -23,8 +23,8 @@ mod record;
 mod registry;
 mod summary;
 
-pub use histlog::HistogramLogger;
-pub use http::{StatsServer, StatsServerOptions};
+pub use histlog::{HistogramLogger, IntervalLog};
+pub use http::{serve_shared, StatsServer, StatsServerOptions};
 pub use record::{HistogramKind, Recorder, ServiceMetrics, TlsCount, Unit, WorkerMetrics};
 pub use registry::{Collector, Registry, Snapshot};
 

@@ -102,12 +102,16 @@ impl Recorder {
     }
 
     fn merge(&mut self, source: &Recorder) {
+        self.add(&source.histogram, source.sum);
+    }
+
+    fn add(&mut self, histogram: &Histogram<u64>, sum: u64) {
         // Both histograms auto-resize, so `add` grows `self` as needed. It fails
         // only if the grown histogram's length overflows usize.
-        if let Err(error) = self.histogram.add(&source.histogram) {
+        if let Err(error) = self.histogram.add(histogram) {
             log::warn!("metrics: merging histograms failed: {error:?}");
         }
-        self.sum = self.sum.saturating_add(source.sum);
+        self.sum = self.sum.saturating_add(sum);
     }
 
     pub fn histogram(&self) -> &Histogram<u64> {
@@ -201,13 +205,14 @@ impl ServiceMetrics {
         sum_by_key(&self.handshakes, |entry| entry.suite)
     }
 
-    fn add_handshakes(&mut self, version: u16, suite: u16, count: u64) {
+    /// Adds `count` completed handshakes with `version` and `suite`.
+    pub fn add_handshakes(&mut self, version: u16, suite: u16, count: u64) {
         let existing = self
             .handshakes
             .iter_mut()
             .find(|entry| entry.version == version && entry.suite == suite);
         match existing {
-            Some(entry) => entry.count += count,
+            Some(entry) => entry.count = entry.count.saturating_add(count),
             None => self.handshakes.push(TlsCount {
                 version,
                 suite,
@@ -218,6 +223,24 @@ impl ServiceMetrics {
 
     fn record(&mut self, kind: HistogramKind, value: u64) {
         self.histograms[kind.index()].record(value);
+    }
+
+    /// Adds the values of `histogram`, whose exact sum is `sum`, to the
+    /// histogram `kind`.
+    pub fn add_histogram(&mut self, kind: HistogramKind, histogram: &Histogram<u64>, sum: u64) {
+        self.histograms[kind.index()].add(histogram, sum);
+    }
+
+    /// Returns true when nothing was recorded: every counter is zero and every
+    /// histogram is empty.
+    pub fn is_empty(&self) -> bool {
+        self.accepted == 0
+            && self.closed.iter().all(|count| *count == 0)
+            && self.handshake_failures.iter().all(|count| *count == 0)
+            && self.backend_connect_failures == 0
+            && self.data_paths.iter().all(|count| *count == 0)
+            && self.handshakes.is_empty()
+            && self.histograms.iter().all(|recorder| recorder.count() == 0)
     }
 
     /// Zeroes every counter and histogram, keeping the histograms' memory.
@@ -233,12 +256,15 @@ impl ServiceMetrics {
         }
     }
 
-    /// Adds every counter and histogram of `source` to `self`.
+    /// Adds every counter and histogram of `source` to `self`. Counters saturate
+    /// at `u64::MAX`, because `source` may come from another process.
     pub fn merge(&mut self, source: &ServiceMetrics) {
-        self.accepted += source.accepted;
+        self.accepted = self.accepted.saturating_add(source.accepted);
         add_arrays(&mut self.closed, &source.closed);
         add_arrays(&mut self.handshake_failures, &source.handshake_failures);
-        self.backend_connect_failures += source.backend_connect_failures;
+        self.backend_connect_failures = self
+            .backend_connect_failures
+            .saturating_add(source.backend_connect_failures);
         add_arrays(&mut self.data_paths, &source.data_paths);
         for entry in &source.handshakes {
             self.add_handshakes(entry.version, entry.suite, entry.count);
@@ -251,7 +277,7 @@ impl ServiceMetrics {
 
 fn add_arrays<const N: usize>(target: &mut [u64; N], source: &[u64; N]) {
     for (t, s) in target.iter_mut().zip(source) {
-        *t += s;
+        *t = t.saturating_add(*s);
     }
 }
 
@@ -404,6 +430,11 @@ impl WorkerMetrics {
         metrics.record(HistogramKind::Lifetime, micros(lifetime));
         metrics.record(HistogramKind::BytesUp, bytes_up);
         metrics.record(HistogramKind::BytesDown, bytes_down);
+    }
+
+    /// Adds values recorded elsewhere, such as in a worker process, to `service`.
+    pub fn merge(&mut self, service: usize, values: &ServiceMetrics) {
+        self.service_mut(service).merge(values);
     }
 
     /// Hands the values recorded since the last publish to the registry, and

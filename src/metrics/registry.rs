@@ -126,6 +126,27 @@ impl Registry {
         }
     }
 
+    /// Collects, then moves the running totals of all workers out, per service
+    /// in configuration order, and leaves zeros in their place. A worker process
+    /// sends these deltas to the metrics process.
+    pub fn drain(&self) -> Vec<ServiceMetrics> {
+        let mut workers = self.lock_workers();
+        Self::collect_locked(&mut workers);
+
+        let mut drained: Vec<ServiceMetrics> = (0..self.service_names.len())
+            .map(|_| ServiceMetrics::default())
+            .collect();
+        for worker in workers.iter_mut() {
+            for (merged, totals) in drained.iter_mut().zip(&mut worker.totals) {
+                if !totals.is_empty() {
+                    merged.merge(totals);
+                    totals.clear();
+                }
+            }
+        }
+        drained
+    }
+
     /// Returns a human-readable summary of every histogram, for the log on
     /// SIGUSR1 and at shutdown. At shutdown, workers should publish first.
     pub fn summary(&self) -> String {

@@ -4,12 +4,15 @@
 //! | peer | channel | receives | sends |
 //! | --- | --- | --- | --- |
 //! | key process | control socket pair; SIGCHLD | key descriptions at start-up | nothing; closing the pair stops it |
-//! | worker N | readiness pipe; SIGCHLD | one byte once serving | SIGTERM to drain |
-//! | operator | signals | SIGTERM, SIGINT, SIGHUP | log lines |
+//! | metrics process | readiness pipe; SIGCHLD | one byte once jailed | SIGUSR1, SIGTERM to finish |
+//! | worker N | readiness pipe; SIGCHLD | one byte once serving | SIGUSR1, SIGTERM to drain |
+//! | operator | signals | SIGTERM, SIGINT, SIGHUP, SIGUSR1 | log lines |
 //!
-//! It binds the listeners, opens the log, writes and removes the pid file, starts
+//! It binds the listeners and the stats listener, opens the log and the
+//! histogram log, writes and removes the pid file, starts the metrics process,
 //! the key process and one process per worker, reopens the log on SIGHUP, and
-//! restarts a worker that died.
+//! restarts a worker that died. It reads nothing from a worker but its
+//! readiness byte.
 
 use std::io::{self, Read};
 use std::os::fd::OwnedFd;
@@ -21,7 +24,8 @@ use rustls::pki_types::CertificateDer;
 use rustls::sign::CertifiedKey;
 
 use super::key::{self, KeyStart};
-use super::protocol::{KeyDescription, StartupMessage, MAX_KEY_DESCRIPTION};
+use super::metrics::{self as metrics_process, MetricsStart};
+use super::protocol::{KeyDescription, StartupMessage, MAX_KEY_DESCRIPTION, MAX_METRICS_PACKET};
 use super::signer::RemoteKey;
 use super::worker::{self, WorkerStart};
 use crate::config::{Config, ConfigError, Global};
@@ -38,6 +42,8 @@ const QUICK_DEATH: Duration = Duration::from_secs(1);
 const MAX_RESTART_DELAY: Duration = Duration::from_secs(32);
 /// Time a stopping worker gets beyond `TIMEOUTshutdown` before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
+/// Time the metrics process gets at shutdown to log its summary before SIGKILL.
+const METRICS_STOP: Duration = Duration::from_secs(5);
 
 fn io_error(action: &str) -> impl FnOnce(io::Error) -> RunError + '_ {
     move |error| RunError::Io {
@@ -50,6 +56,9 @@ fn io_error(action: &str) -> impl FnOnce(io::Error) -> RunError + '_ {
 struct WorkerSlot {
     listeners: Vec<OwnedFd>,
     key_link: OwnedFd,
+    /// The worker's end of its socket pair to the metrics process; each process
+    /// that fills the slot inherits it.
+    metrics_link: Option<OwnedFd>,
     cpu: Option<usize>,
     pid: Option<libc::pid_t>,
     started_at: Instant,
@@ -63,6 +72,8 @@ struct Parent<'a> {
     workers: Vec<WorkerSlot>,
     worker_ids: Ids,
     key_pid: libc::pid_t,
+    /// `None` once the metrics process has exited.
+    metrics_pid: Option<libc::pid_t>,
     control: Option<OwnedFd>,
     /// Workers replaced on SIGHUP that are still draining.
     draining: Vec<libc::pid_t>,
@@ -76,7 +87,26 @@ pub fn run(config: &Config, ready: &mut Option<io::PipeWriter>) -> Result<(), Ru
     let cpus = crate::sys::allowed_cpus();
     let count = global.threads.unwrap_or_else(|| cpus.len().max(1)).max(1);
 
-    let (control, key_pid, descriptions) = start_key_process(config, count, ready)?;
+    let (metrics_pid, mut metrics_links) = start_metrics_process(config, count, ready)?;
+    let result = run_with_metrics(config, count, &cpus, metrics_pid, &mut metrics_links, ready);
+    if result.is_err() && process::kill(metrics_pid, libc::SIGKILL).is_ok() {
+        wait_for(metrics_pid);
+    }
+    result
+}
+
+/// Everything of [`run`] after the metrics process started: the key process,
+/// the listeners, the pid file and the workers.
+fn run_with_metrics(
+    config: &Config,
+    count: usize,
+    cpus: &[usize],
+    metrics_pid: libc::pid_t,
+    metrics_links: &mut Vec<OwnedFd>,
+    ready: &mut Option<io::PipeWriter>,
+) -> Result<(), RunError> {
+    let global = &config.global;
+    let (control, key_pid, descriptions) = start_key_process(config, count, ready, metrics_links)?;
     let (control, key_links) = control;
     let services = build_services(config, &descriptions)?;
     crate::runtime::check_kernel_tls(&services)?;
@@ -109,16 +139,20 @@ pub fn run(config: &Config, ready: &mut Option<io::PipeWriter>) -> Result<(), Ru
     let workers = per_worker
         .into_iter()
         .zip(key_links)
+        .zip(std::mem::take(metrics_links))
         .enumerate()
-        .map(|(index, (listeners, key_link))| WorkerSlot {
-            listeners,
-            key_link,
-            cpu: (count <= cpus.len()).then(|| cpus[index]),
-            pid: None,
-            started_at: Instant::now(),
-            restart_delay: QUICK_DEATH,
-            restart_at: None,
-        })
+        .map(
+            |(index, ((listeners, key_link), metrics_link))| WorkerSlot {
+                listeners,
+                key_link,
+                metrics_link: Some(metrics_link),
+                cpu: (count <= cpus.len()).then(|| cpus[index]),
+                pid: None,
+                started_at: Instant::now(),
+                restart_delay: QUICK_DEATH,
+                restart_at: None,
+            },
+        )
         .collect();
     let mut parent = Parent {
         global,
@@ -126,6 +160,7 @@ pub fn run(config: &Config, ready: &mut Option<io::PipeWriter>) -> Result<(), Ru
         workers,
         worker_ids,
         key_pid,
+        metrics_pid: Some(metrics_pid),
         control: Some(control),
         draining: Vec::new(),
     };
@@ -151,11 +186,13 @@ fn pid_path_outside(global: &Global) -> Option<PathBuf> {
 
 type KeyChannels = (OwnedFd, Vec<OwnedFd>);
 
-/// Forks the key process and reads the public parts of its keys.
+/// Forks the key process and reads the public parts of its keys. The key process
+/// closes its copies of `not_inherited`.
 fn start_key_process(
     config: &Config,
     workers: usize,
     ready: &mut Option<io::PipeWriter>,
+    not_inherited: &mut Vec<OwnedFd>,
 ) -> Result<(KeyChannels, libc::pid_t, Vec<KeyDescription>), RunError> {
     let global = &config.global;
     let (control, key_control) =
@@ -169,26 +206,7 @@ fn start_key_process(
         key_ends.push(key_end);
     }
 
-    // Root may chroot the key process: into the configured chroot, or else into an
-    // empty directory made for it and removed once it is inside.
-    let is_root = crate::sys::geteuid() == 0;
-    let empty_root = (is_root && global.chroot.is_none())
-        .then(|| std::env::temp_dir().join(format!("tlsplice-key-{}", std::process::id())));
-    if let Some(dir) = &empty_root {
-        let _ = std::fs::remove_dir(dir);
-        std::fs::create_dir(dir).map_err(|error| RunError::Io {
-            action: format!(
-                "cannot create the key process's empty root {}",
-                dir.display()
-            ),
-            error,
-        })?;
-    }
-    let root: Option<PathBuf> = if is_root {
-        global.chroot.clone().or(empty_root.clone())
-    } else {
-        None
-    };
+    let (root, empty_root) = helper_root(global, "key")?;
     let ids = key_ids(global)?;
 
     let parent = process::getpid();
@@ -198,6 +216,7 @@ fn start_key_process(
             drop(ready.take());
             drop(control);
             drop(worker_ends);
+            not_inherited.clear();
             key::run(
                 KeyStart {
                     config,
@@ -232,8 +251,129 @@ fn start_key_process(
     Ok(((control, worker_ends), pid, descriptions))
 }
 
-/// Resolves the key process's user: the configured one, or `nobody` when tlsplice
-/// starts as root and none is configured.
+/// Returns the root directory of a jailed helper process (the key or the metrics
+/// process) and the empty directory made for it, if any. Root may chroot a helper
+/// into the configured chroot, or else into an empty directory made for it, which
+/// the caller removes once the helper is inside. `role` names the directory.
+fn helper_root(
+    global: &Global,
+    role: &str,
+) -> Result<(Option<PathBuf>, Option<PathBuf>), RunError> {
+    let is_root = crate::sys::geteuid() == 0;
+    let empty_root = (is_root && global.chroot.is_none())
+        .then(|| std::env::temp_dir().join(format!("tlsplice-{role}-{}", std::process::id())));
+    if let Some(dir) = &empty_root {
+        let _ = std::fs::remove_dir(dir);
+        std::fs::create_dir(dir).map_err(|error| RunError::Io {
+            action: format!(
+                "cannot create the {role} process's empty root {}",
+                dir.display()
+            ),
+            error,
+        })?;
+    }
+    let root = if is_root {
+        global.chroot.clone().or(empty_root.clone())
+    } else {
+        None
+    };
+    Ok((root, empty_root))
+}
+
+/// Forks the metrics process with the bound stats listener, the created
+/// histogram log and one socket pair per worker slot, and waits until it is
+/// jailed. Returns its pid and the workers' ends of the socket pairs.
+fn start_metrics_process(
+    config: &Config,
+    workers: usize,
+    ready: &mut Option<io::PipeWriter>,
+) -> Result<(libc::pid_t, Vec<OwnedFd>), RunError> {
+    let global = &config.global;
+    let mut worker_ends = Vec::with_capacity(workers);
+    let mut metrics_ends = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let (worker_end, metrics_end) =
+            process::seqpacket_pair().map_err(io_error("cannot create a socket pair"))?;
+        // The kernel rejects a packet larger than the sender's buffer, which is
+        // usually 208 KiB; the requested size is capped by net.core.wmem_max.
+        socket2::SockRef::from(&worker_end)
+            .set_send_buffer_size(2 * MAX_METRICS_PACKET)
+            .map_err(io_error("cannot size a metrics socket's send buffer"))?;
+        worker_ends.push(worker_end);
+        metrics_ends.push(metrics_end);
+    }
+
+    let stats = match global.stats {
+        Some(addr) => {
+            let listener = std::net::TcpListener::bind(addr).map_err(io_error(&format!(
+                "stats = {addr}: cannot listen; choose a free port"
+            )))?;
+            let bound = listener
+                .local_addr()
+                .map_err(io_error("cannot read the stats listener's address"))?;
+            notice!("stats listening on {bound}");
+            Some(listener)
+        }
+        None => None,
+    };
+    let histogram_log = match &global.histogram_log {
+        Some(path) => {
+            let file = std::fs::File::create(path).map_err(|error| RunError::Io {
+                action: format!("histogram_log: cannot create {}", path.display()),
+                error,
+            })?;
+            Some((file, path.clone()))
+        }
+        None => None,
+    };
+
+    let (root, empty_root) = helper_root(global, "metrics")?;
+    let start = MetricsStart {
+        service_names: config
+            .services
+            .iter()
+            .map(|service| service.name.clone())
+            .collect(),
+        workers: metrics_ends,
+        stats,
+        histogram_log,
+        histogram_log_interval: global.histogram_log_interval,
+        root,
+        ids: key_ids(global)?,
+    };
+    let (mut reader, writer) = io::pipe().map_err(io_error("cannot create a pipe"))?;
+    let parent = process::getpid();
+    let pid = match crate::sys::fork().map_err(io_error("cannot fork the metrics process"))? {
+        crate::sys::Forked::Child => {
+            // The daemonizing parent waits for end of file on `ready`.
+            drop(ready.take());
+            drop(reader);
+            drop(worker_ends);
+            metrics_process::run(start, parent, writer)
+        }
+        crate::sys::Forked::Parent(pid) => pid,
+    };
+    drop(writer);
+    drop(start);
+
+    let mut byte = [0u8; 1];
+    let started = reader.read_exact(&mut byte);
+    if let Some(dir) = &empty_root {
+        let _ = std::fs::remove_dir(dir);
+    }
+    if started.is_err() {
+        let _ = process::kill(pid, libc::SIGKILL);
+        wait_for(pid);
+        return Err(RunError::Worker(io::Error::other(format!(
+            "the metrics process (pid {pid}) exited during start-up; see the log"
+        ))));
+    }
+    crate::debug!("metrics process {pid} started");
+    Ok((pid, worker_ends))
+}
+
+/// Resolves the user of the key and metrics processes: the configured one, or
+/// `nobody` when tlsplice starts as root and none is configured.
 fn key_ids(global: &Global) -> Result<Ids, RunError> {
     if global.setuid.is_some() || crate::sys::geteuid() != 0 {
         return privileges::resolve_ids(global.setuid.as_deref(), global.setgid.as_deref())
@@ -413,6 +553,7 @@ impl Parent<'_> {
                     cpu: slot.cpu,
                     listeners: slot.listeners,
                     key_link: slot.key_link,
+                    metrics_link: slot.metrics_link,
                     root: self.global.chroot.clone(),
                     ids: self.worker_ids,
                     maxconn: self.global.maxconn,
@@ -453,7 +594,8 @@ impl Parent<'_> {
                 }
                 Some(libc::SIGHUP) => self.reopen_log(),
                 Some(libc::SIGUSR1) => {
-                    for pid in self.workers.iter().filter_map(|slot| slot.pid) {
+                    let workers = self.workers.iter().filter_map(|slot| slot.pid);
+                    for pid in workers.chain(self.metrics_pid) {
                         let _ = process::kill(pid, libc::SIGUSR1);
                     }
                 }
@@ -466,6 +608,14 @@ impl Parent<'_> {
                         "the key process {}",
                         describe(reason)
                     ))));
+                }
+                if Some(pid) == self.metrics_pid {
+                    warning!(
+                        "the metrics process (pid {pid}) {}; stats, histogram_log and the SIGUSR1 summary stop until tlsplice restarts",
+                        describe(reason)
+                    );
+                    self.metrics_pid = None;
+                    continue;
                 }
                 self.on_worker_exit(pid, reason);
             }
@@ -538,7 +688,8 @@ impl Parent<'_> {
     }
 
     /// Sends SIGTERM to every worker, waits for them to drain (SIGKILL after the
-    /// shutdown timeout and a grace period), then stops the key process.
+    /// shutdown timeout and a grace period), then stops the metrics process, which
+    /// logs the summary, and the key process.
     fn stop_all(&mut self) {
         for slot in &mut self.workers {
             slot.restart_at = None;
@@ -562,6 +713,10 @@ impl Parent<'_> {
             }
             let _ = crate::sys::wait_signal(Duration::from_millis(100));
             while let Some((pid, _)) = process::reap_child() {
+                if Some(pid) == self.metrics_pid {
+                    warning!("the metrics process (pid {pid}) exited before the workers");
+                    self.metrics_pid = None;
+                }
                 self.draining.retain(|draining| *draining != pid);
                 for slot in &mut self.workers {
                     if slot.pid == Some(pid) {
@@ -570,6 +725,7 @@ impl Parent<'_> {
                 }
             }
         }
+        self.stop_metrics();
         // Closing the control socket ends the key process.
         self.control = None;
         let _ = process::kill(self.key_pid, libc::SIGKILL);
@@ -577,16 +733,43 @@ impl Parent<'_> {
     }
 }
 
+impl Parent<'_> {
+    /// Closes the parent's ends of the metrics socket pairs, so the metrics
+    /// process reads end of file once it has the workers' last deltas, then sends
+    /// it SIGTERM and waits for it to log the summary and exit.
+    fn stop_metrics(&mut self) {
+        for slot in &mut self.workers {
+            slot.metrics_link = None;
+        }
+        let Some(pid) = self.metrics_pid.take() else {
+            return;
+        };
+        let _ = process::kill(pid, libc::SIGTERM);
+        if !wait_for_within(pid, METRICS_STOP) {
+            warning!("the metrics process (pid {pid}) did not stop in time; sending SIGKILL");
+            let _ = process::kill(pid, libc::SIGKILL);
+            wait_for(pid);
+        }
+    }
+}
+
 fn wait_for(pid: libc::pid_t) {
-    for _ in 0..100 {
+    wait_for_within(pid, Duration::from_secs(5));
+}
+
+/// Reaps children until `pid` is reaped or `timeout` passes; returns whether it was.
+fn wait_for_within(pid: libc::pid_t, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
         match process::reap_child() {
-            Some((reaped, _)) if reaped == pid => return,
+            Some((reaped, _)) if reaped == pid => return true,
             Some(_) => continue,
             None => {
                 let _ = crate::sys::wait_signal(Duration::from_millis(50));
             }
         }
     }
+    false
 }
 
 /// "was killed by signal 9 (SIGKILL)" or "exited with status 1", for log lines.

@@ -19,8 +19,32 @@
 //! (4, at most [`MAX_SIGNATURE`]) and the signature. At start-up the key process
 //! sends the parent one key description per loaded certificate (kind 3) and then
 //! kind 4 with the count, or kind 5 with an error message.
+//!
+//! A worker sends the metrics process metrics deltas (kind 6): the values one
+//! service recorded since the worker's previous delta.
+//!
+//! | bytes | field |
+//! | --- | --- |
+//! | 1 | kind, 6 |
+//! | 4 | service index |
+//! | 8 | connections accepted |
+//! | 1 + 8 n | closed connections per close reason |
+//! | 1 + 8 n | failed handshakes per failure cause |
+//! | 8 | failed backend connects |
+//! | 1 + 8 n | closed connections per data path |
+//! | 2 + 12 n | completed handshakes: version (2), cipher suite (2), count (8) |
+//! | 1 | histogram count, at most 6 |
+//! | per histogram | kind (1), exact sum (8), length (4), HdrHistogram V2 serialization |
+//!
+//! Each `n` must equal the number of values of this build, and each histogram
+//! must have 3 significant digits and a lowest discernible value of 1, which
+//! bounds the memory that decoding one allocates.
 
+use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
+use hdrhistogram::Histogram;
 use rustls::{SignatureAlgorithm, SignatureScheme};
+
+use crate::metrics::{HistogramKind, ServiceMetrics};
 
 /// Largest message a worker may ask to have signed. TLS 1.3 signs 130 bytes plus
 /// a hash and TLS 1.2 about 200, so this leaves ample room.
@@ -38,6 +62,21 @@ const KIND_SIGN_REPLY: u8 = 2;
 const KIND_KEY: u8 = 3;
 const KIND_KEYS_DONE: u8 = 4;
 const KIND_KEYS_FAILED: u8 = 5;
+const KIND_METRICS: u8 = 6;
+
+/// Largest metrics delta packet. A delta that encodes larger is split into one
+/// packet per histogram. The parent sizes the send buffer of the metrics socket
+/// pairs to fit a packet of this size.
+pub const MAX_METRICS_PACKET: usize = 128 * 1024;
+/// Largest number of version and cipher suite pairs in one metrics delta.
+pub const MAX_TLS_COUNTS: usize = 256;
+/// Header of an HdrHistogram V2 serialization: cookie, payload length,
+/// normalizing offset, significant digits, lowest and highest trackable values,
+/// and the integer to double ratio.
+const V2_HEADER: usize = 40;
+const V2_COOKIE: u32 = 0x1c84_9313;
+/// Significant digits of every histogram in [`crate::metrics`].
+const HISTOGRAM_DIGITS: u32 = 3;
 
 /// Why a packet could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -266,6 +305,189 @@ impl SignReply {
     }
 }
 
+/// Encodes the delta of service `service` as packets of at most
+/// [`MAX_METRICS_PACKET`] bytes: one packet, or, when that would be larger, one
+/// with the counters and one per histogram. Returns the packets and the number
+/// of histograms dropped because even alone they exceed the limit or fail to
+/// serialize.
+pub fn encode_metrics(service: u32, values: &ServiceMetrics) -> (Vec<Vec<u8>>, usize) {
+    let mut serializer = V2Serializer::new();
+    let mut histograms = Vec::new();
+    let mut dropped = 0;
+    for kind in HistogramKind::ALL {
+        let recorder = values.histogram(kind);
+        if recorder.count() == 0 {
+            continue;
+        }
+        let mut bytes = Vec::new();
+        match serializer.serialize(recorder.histogram(), &mut bytes) {
+            Ok(_) if bytes.len() + 128 <= MAX_METRICS_PACKET => {
+                histograms.push((kind, recorder.sum(), bytes));
+            }
+            _ => dropped += 1,
+        }
+    }
+
+    let whole = encode_metrics_packet(service, Some(values), &histograms);
+    if whole.len() <= MAX_METRICS_PACKET {
+        return (vec![whole], dropped);
+    }
+    let mut packets = vec![encode_metrics_packet(service, Some(values), &[])];
+    for histogram in histograms {
+        packets.push(encode_metrics_packet(
+            service,
+            None,
+            std::slice::from_ref(&histogram),
+        ));
+    }
+    (packets, dropped)
+}
+
+/// Encodes one packet: the counters of `values` (zeros when `None`) and
+/// `histograms`, each with its kind, exact sum and V2 serialization.
+fn encode_metrics_packet(
+    service: u32,
+    values: Option<&ServiceMetrics>,
+    histograms: &[(HistogramKind, u64, Vec<u8>)],
+) -> Vec<u8> {
+    let zeros = ServiceMetrics::default();
+    let values = values.unwrap_or(&zeros);
+    let mut out = Vec::with_capacity(256);
+    out.push(KIND_METRICS);
+    out.extend_from_slice(&service.to_le_bytes());
+    out.extend_from_slice(&values.accepted.to_le_bytes());
+    put_counts(&mut out, &values.closed);
+    put_counts(&mut out, &values.handshake_failures);
+    out.extend_from_slice(&values.backend_connect_failures.to_le_bytes());
+    put_counts(&mut out, &values.data_paths);
+    let handshakes = &values.handshakes[..values.handshakes.len().min(MAX_TLS_COUNTS)];
+    out.extend_from_slice(&(handshakes.len() as u16).to_le_bytes());
+    for entry in handshakes {
+        out.extend_from_slice(&entry.version.to_le_bytes());
+        out.extend_from_slice(&entry.suite.to_le_bytes());
+        out.extend_from_slice(&entry.count.to_le_bytes());
+    }
+    out.push(histograms.len() as u8);
+    for (kind, sum, bytes) in histograms {
+        out.push(*kind as u8);
+        out.extend_from_slice(&sum.to_le_bytes());
+        put_bytes(&mut out, bytes);
+    }
+    out
+}
+
+fn put_counts(out: &mut Vec<u8>, counts: &[u64]) {
+    out.push(counts.len() as u8);
+    for count in counts {
+        out.extend_from_slice(&count.to_le_bytes());
+    }
+}
+
+/// Reads a count-prefixed array of counters into `target`, whose length the
+/// count must equal.
+fn read_counts(
+    reader: &mut Reader<'_>,
+    field: &'static str,
+    target: &mut [u64],
+) -> Result<(), DecodeError> {
+    if reader.u8()? as usize != target.len() {
+        return Err(DecodeError::InvalidField(field));
+    }
+    for value in target {
+        *value = reader.u64()?;
+    }
+    Ok(())
+}
+
+/// Decodes a metrics delta from a worker. `services` is the number of
+/// configured services. Returns the service index and its values.
+pub fn decode_metrics(
+    packet: &[u8],
+    services: usize,
+) -> Result<(usize, ServiceMetrics), DecodeError> {
+    let mut reader = Reader { bytes: packet };
+    let kind = reader.u8()?;
+    if kind != KIND_METRICS {
+        return Err(DecodeError::UnexpectedKind(kind));
+    }
+    let service = reader.u32()? as usize;
+    if service >= services {
+        return Err(DecodeError::InvalidField("service index"));
+    }
+    let mut values = ServiceMetrics::default();
+    values.accepted = reader.u64()?;
+    read_counts(&mut reader, "close reason count", &mut values.closed)?;
+    read_counts(
+        &mut reader,
+        "handshake failure count",
+        &mut values.handshake_failures,
+    )?;
+    values.backend_connect_failures = reader.u64()?;
+    read_counts(&mut reader, "data path count", &mut values.data_paths)?;
+
+    let pairs = reader.u16()? as usize;
+    if pairs > MAX_TLS_COUNTS {
+        return Err(DecodeError::TooLong {
+            field: "handshake counts",
+            len: pairs,
+        });
+    }
+    for _ in 0..pairs {
+        let version = reader.u16()?;
+        let suite = reader.u16()?;
+        let count = reader.u64()?;
+        values.add_handshakes(version, suite, count);
+    }
+
+    let histograms = reader.u8()? as usize;
+    if histograms > HistogramKind::ALL.len() {
+        return Err(DecodeError::InvalidField("histogram count"));
+    }
+    let mut seen = [false; HistogramKind::ALL.len()];
+    for _ in 0..histograms {
+        let index = reader.u8()? as usize;
+        let Some(kind) = HistogramKind::ALL.get(index).copied() else {
+            return Err(DecodeError::InvalidField("histogram kind"));
+        };
+        if std::mem::replace(&mut seen[index], true) {
+            return Err(DecodeError::InvalidField("repeated histogram kind"));
+        }
+        let sum = reader.u64()?;
+        let bytes = reader.bytes("histogram", MAX_METRICS_PACKET)?;
+        let histogram = decode_histogram(bytes)?;
+        values.add_histogram(kind, &histogram, sum);
+    }
+    reader.finish()?;
+    Ok((service, values))
+}
+
+/// Checks the V2 header before the hdrhistogram deserializer reads it, because
+/// the deserializer allocates what the payload length and the value range
+/// request. Both are bounded here first.
+fn decode_histogram(bytes: &[u8]) -> Result<Histogram<u64>, DecodeError> {
+    let invalid = DecodeError::InvalidField("histogram");
+    if bytes.len() < V2_HEADER {
+        return Err(DecodeError::Truncated);
+    }
+    let word = |at: usize| u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap());
+    let lowest = u64::from_be_bytes(bytes[16..24].try_into().unwrap());
+    if word(0) != V2_COOKIE
+        || word(4) as usize != bytes.len() - V2_HEADER
+        || word(12) != HISTOGRAM_DIGITS
+        || lowest != 1
+    {
+        return Err(invalid);
+    }
+    let mut input = bytes;
+    let histogram: Histogram<u64> = Deserializer::new()
+        .deserialize(&mut input)
+        .map_err(|_| invalid.clone())?;
+    if !input.is_empty() {
+        return Err(DecodeError::TrailingBytes(input.len()));
+    }
+    Ok(histogram)
+}
+
 impl StartupMessage {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
@@ -341,6 +563,243 @@ impl StartupMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::log::CloseReason;
+    use crate::metrics::{DataPath, HandshakeFailure, Registry};
+    use std::time::Duration;
+
+    /// Values of service 1 of two after a few recorded events.
+    fn recorded() -> ServiceMetrics {
+        let registry = Registry::new(vec!["web".into(), "api".into()]);
+        let mut worker = registry.register_worker();
+        for value in [1u64, 700, 90_000] {
+            worker.accepted(1);
+            worker.handshake_done(
+                1,
+                Duration::from_micros(value),
+                rustls::ProtocolVersion::TLSv1_3,
+                rustls::CipherSuite::TLS13_AES_128_GCM_SHA256,
+            );
+            worker.backend_connected(1, Duration::from_micros(value * 2));
+            worker.first_byte(1, Duration::from_micros(value * 3));
+            worker.closed(
+                1,
+                CloseReason::Done,
+                Duration::from_micros(value * 4),
+                value,
+                value * 10,
+                DataPath::Userspace,
+            );
+        }
+        worker.handshake_failed(1, HandshakeFailure::Eof);
+        worker.backend_connect_failed(1);
+        worker.publish();
+        registry.drain().swap_remove(1)
+    }
+
+    fn assert_same(decoded: &ServiceMetrics, expected: &ServiceMetrics) {
+        assert_eq!(decoded.accepted, expected.accepted);
+        assert_eq!(decoded.closed, expected.closed);
+        assert_eq!(decoded.handshake_failures, expected.handshake_failures);
+        assert_eq!(
+            decoded.backend_connect_failures,
+            expected.backend_connect_failures
+        );
+        assert_eq!(decoded.data_paths, expected.data_paths);
+        assert_eq!(decoded.handshakes, expected.handshakes);
+        for kind in HistogramKind::ALL {
+            let (got, want) = (decoded.histogram(kind), expected.histogram(kind));
+            assert_eq!(got.count(), want.count(), "{kind:?}");
+            assert_eq!(got.sum(), want.sum(), "{kind:?}");
+            assert_eq!(got.histogram().max(), want.histogram().max(), "{kind:?}");
+            assert_eq!(
+                got.histogram().value_at_quantile(0.5),
+                want.histogram().value_at_quantile(0.5),
+                "{kind:?}"
+            );
+        }
+    }
+
+    fn one_packet(values: &ServiceMetrics) -> Vec<u8> {
+        let (mut packets, dropped) = encode_metrics(1, values);
+        assert_eq!((packets.len(), dropped), (1, 0));
+        packets.remove(0)
+    }
+
+    #[test]
+    fn metrics_round_trip() {
+        let values = recorded();
+        let (service, decoded) = decode_metrics(&one_packet(&values), 2).unwrap();
+        assert_eq!(service, 1);
+        assert_same(&decoded, &values);
+        assert_eq!(decoded.accepted, 3);
+        assert_eq!(decoded.histogram(HistogramKind::BytesDown).sum(), 907_010);
+    }
+
+    #[test]
+    fn metrics_every_truncation_rejected() {
+        let encoded = one_packet(&recorded());
+        for len in 0..encoded.len() {
+            assert!(
+                decode_metrics(&encoded[..len], 2).is_err(),
+                "length {len} decoded"
+            );
+        }
+    }
+
+    #[test]
+    fn metrics_trailing_bytes_rejected() {
+        let mut encoded = one_packet(&recorded());
+        encoded.push(0);
+        assert_eq!(
+            decode_metrics(&encoded, 2).unwrap_err(),
+            DecodeError::TrailingBytes(1)
+        );
+    }
+
+    #[test]
+    fn metrics_unknown_service_rejected() {
+        let encoded = one_packet(&recorded());
+        assert_eq!(
+            decode_metrics(&encoded, 1).unwrap_err(),
+            DecodeError::InvalidField("service index")
+        );
+    }
+
+    #[test]
+    fn metrics_garbage_rejected() {
+        let mut packets: Vec<Vec<u8>> = vec![
+            Vec::new(),
+            vec![0xff; 64],
+            vec![0; 64],
+            vec![KIND_METRICS; 64],
+            b"garbage".to_vec(),
+        ];
+        let mut wrong_counts = one_packet(&recorded());
+        // The count of close reasons follows kind, service and accepted.
+        wrong_counts[13] += 1;
+        packets.push(wrong_counts);
+        for packet in packets {
+            assert!(decode_metrics(&packet, 2).is_err(), "{packet:?} decoded");
+        }
+    }
+
+    /// Encodes a packet whose one histogram has `bytes` as its serialization.
+    fn with_histogram(bytes: Vec<u8>) -> Vec<u8> {
+        encode_metrics_packet(0, None, &[(HistogramKind::Lifetime, 5, bytes)])
+    }
+
+    fn serialized(histogram: &Histogram<u64>) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        V2Serializer::new()
+            .serialize(histogram, &mut bytes)
+            .unwrap();
+        bytes
+    }
+
+    #[test]
+    fn metrics_histogram_header_checked() {
+        let mut histogram = Histogram::<u64>::new(3).unwrap();
+        histogram.record(5).unwrap();
+        let valid = serialized(&histogram);
+        let (_, decoded) = decode_metrics(&with_histogram(valid.clone()), 1).unwrap();
+        assert_eq!(decoded.histogram(HistogramKind::Lifetime).count(), 1);
+
+        let precise = serialized(&Histogram::<u64>::new(5).unwrap());
+        let coarse_low = serialized(&Histogram::<u64>::new_with_bounds(10, 1000, 3).unwrap());
+        let mut long_payload = valid.clone();
+        long_payload[4..8].copy_from_slice(&u32::MAX.to_be_bytes());
+        let mut compressed_cookie = valid.clone();
+        compressed_cookie[3] += 1;
+        for (label, bytes) in [
+            ("5 digits", precise),
+            ("lowest value 10", coarse_low),
+            ("payload length past the packet", long_payload),
+            ("other cookie", compressed_cookie),
+            ("header only", valid[..V2_HEADER - 1].to_vec()),
+        ] {
+            assert!(
+                decode_metrics(&with_histogram(bytes), 1).is_err(),
+                "{label} decoded"
+            );
+        }
+    }
+
+    #[test]
+    fn metrics_histogram_length_limited() {
+        let mut packet = with_histogram(vec![0; 8]);
+        // The histogram length field ends 8 bytes before the end.
+        let at = packet.len() - 12;
+        packet[at..at + 4].copy_from_slice(&(MAX_METRICS_PACKET as u32 + 1).to_le_bytes());
+        assert_eq!(
+            decode_metrics(&packet, 1).unwrap_err(),
+            DecodeError::TooLong {
+                field: "histogram",
+                len: MAX_METRICS_PACKET + 1
+            }
+        );
+    }
+
+    #[test]
+    fn metrics_repeated_histogram_rejected() {
+        let mut histogram = Histogram::<u64>::new(3).unwrap();
+        histogram.record(5).unwrap();
+        let bytes = serialized(&histogram);
+        let packet = encode_metrics_packet(
+            0,
+            None,
+            &[
+                (HistogramKind::Lifetime, 5, bytes.clone()),
+                (HistogramKind::Lifetime, 5, bytes),
+            ],
+        );
+        assert_eq!(
+            decode_metrics(&packet, 1).unwrap_err(),
+            DecodeError::InvalidField("repeated histogram kind")
+        );
+    }
+
+    #[test]
+    fn metrics_large_delta_split_into_packets() {
+        let registry = Registry::new(vec!["web".into()]);
+        let mut worker = registry.register_worker();
+        // One value per histogram bucket from 1 to 2^40, so every histogram
+        // serializes to tens of KiB and all six together exceed one packet.
+        let mut value = 1u64;
+        while value < 1 << 40 {
+            let duration = Duration::from_micros(value);
+            worker.handshake_done(
+                0,
+                duration,
+                rustls::ProtocolVersion::TLSv1_3,
+                rustls::CipherSuite::TLS13_AES_128_GCM_SHA256,
+            );
+            worker.backend_connected(0, duration);
+            worker.first_byte(0, duration);
+            worker.closed(
+                0,
+                CloseReason::Done,
+                duration,
+                value,
+                value,
+                DataPath::Userspace,
+            );
+            value = (value + 1).max(value + value / 1000);
+        }
+        worker.publish();
+        let values = registry.drain().swap_remove(0);
+
+        let (packets, dropped) = encode_metrics(0, &values);
+        assert_eq!(dropped, 0);
+        assert_eq!(packets.len(), 1 + HistogramKind::ALL.len());
+        let mut merged = ServiceMetrics::default();
+        for packet in &packets {
+            assert!(packet.len() <= MAX_METRICS_PACKET, "{} bytes", packet.len());
+            let (service, decoded) = decode_metrics(packet, 1).unwrap();
+            assert_eq!(service, 0);
+            merged.merge(&decoded);
+        }
+        assert_same(&merged, &values);
+    }
 
     fn request() -> SignRequest {
         SignRequest {

@@ -3,8 +3,9 @@
 //!
 //! | peer | channel | receives | sends |
 //! | --- | --- | --- | --- |
-//! | parent | readiness pipe; signals | SIGTERM or SIGINT to drain and exit | one byte once serving |
+//! | parent | readiness pipe; signals | SIGTERM or SIGINT to drain and exit, SIGUSR1 to send metrics soon | one byte once serving |
 //! | key process | socket pair N | sign replies | sign requests |
+//! | metrics process | socket pair N | nothing | metrics deltas every 250 ms and at exit |
 //! | clients, backends | sockets | network input | network output |
 //!
 //! Once started it cannot open files, because of the chroot, Landlock with no file
@@ -17,8 +18,9 @@ use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use super::metrics::MetricsLink;
 use crate::runtime::privileges::{self, Ids};
 use crate::runtime::worker::{Worker, WorkerConfig};
 use crate::runtime::{Service, Shared};
@@ -31,12 +33,20 @@ use crate::{debug, warning};
 /// it ends the worker with SIGSYS. Release builds ignore the variable.
 pub const JAIL_PROBE_ENV: &str = "TLSPLICE_DEBUG_JAIL_PROBE";
 
+/// Environment variable of a test hook, compiled into debug builds only. When it
+/// is set, worker 0's first start sends its value to the metrics process as one
+/// metrics delta, which does not decode, once it serves. Release builds ignore
+/// the variable.
+pub const MALFORMED_METRICS_ENV: &str = "TLSPLICE_DEBUG_MALFORMED_METRICS";
+
 /// The start-up state of one worker process, prepared by the parent before the fork.
 pub struct WorkerStart {
     pub index: usize,
     pub cpu: Option<usize>,
     pub listeners: Vec<OwnedFd>,
     pub key_link: OwnedFd,
+    /// The worker's end of its socket pair to the metrics process.
+    pub metrics_link: Option<OwnedFd>,
     pub root: Option<PathBuf>,
     pub ids: Ids,
     pub maxconn: usize,
@@ -94,12 +104,14 @@ pub fn run(
         wake: wake_worker,
         maxconn: start.maxconn,
         shutdown_timeout: start.shutdown_timeout,
-        // Reported on SIGUSR1 only: `stats` and `histogram_log` need privsep off.
         metrics: registry.register_worker(),
         restricted_ring: true,
         suspend_signing: true,
     };
     let probe = start.first_start && index == 0;
+    let mut metrics_link = start
+        .metrics_link
+        .map(|socket| MetricsLink::new(index, socket));
 
     let (started_tx, started_rx) = mpsc::channel::<io::Result<()>>();
     let thread_shared = shared.clone();
@@ -141,9 +153,12 @@ pub fn run(
     drop(ready);
     if probe {
         jail_probe();
+        if let Some(link) = &metrics_link {
+            malformed_metrics_probe(link);
+        }
     }
 
-    wait_for_stop(index, &shared, &wake_main, &registry);
+    wait_for_stop(index, &shared, &wake_main, &registry, &mut metrics_link);
     let code = match handle.join() {
         Ok(Ok(())) => 0,
         Ok(Err(err)) => {
@@ -152,22 +167,26 @@ pub fn run(
         }
         Err(_) => 1,
     };
+    // The worker thread published its last values when it exited.
+    if let Some(link) = &mut metrics_link {
+        link.send(&registry, true);
+    }
     debug!("worker {index}: exiting with status {code}");
     crate::sys::exit_now(code)
 }
 
+/// Sends the worker's metrics deltas every [`SEND_INTERVAL`] until SIGTERM or
+/// SIGINT, then sets the stop flag and wakes the worker thread to drain.
 fn wait_for_stop(
     index: usize,
     shared: &Shared,
     wake: &OwnedFd,
     registry: &crate::metrics::Registry,
+    metrics_link: &mut Option<MetricsLink>,
 ) {
-    let mut summary_due: Option<std::time::Instant> = None;
+    let mut next_send = Instant::now() + SEND_INTERVAL;
     loop {
-        let timeout = match summary_due {
-            Some(due) => due.saturating_duration_since(std::time::Instant::now()),
-            None => Duration::from_secs(1),
-        };
+        let timeout = next_send.saturating_duration_since(Instant::now());
         match crate::sys::wait_signal(timeout) {
             Some(libc::SIGTERM | libc::SIGINT) => {
                 debug!("worker {index}: received a stop signal; draining");
@@ -176,25 +195,28 @@ fn wait_for_stop(
                 return;
             }
             Some(libc::SIGUSR1) => {
-                // The worker thread publishes on its next tick.
+                // The worker thread publishes on its next tick; the send after
+                // that carries the values to the metrics process's summary.
                 registry.request_publish();
-                summary_due = Some(std::time::Instant::now() + SUMMARY_WAIT);
+                next_send = Instant::now() + PUBLISH_WAIT;
             }
             _ => {}
         }
-        if summary_due.is_some_and(|due| std::time::Instant::now() >= due) {
-            summary_due = None;
-            registry.collect();
-            for line in registry.summary().lines() {
-                crate::notice!("stats: worker {index}: {line}");
+        if Instant::now() >= next_send {
+            next_send = Instant::now() + SEND_INTERVAL;
+            if let Some(link) = metrics_link {
+                link.send(registry, false);
             }
         }
     }
 }
 
-/// How long a worker waits after SIGUSR1 before logging its summary: a little
-/// more than the worker's 250 ms tick, on which it publishes.
-const SUMMARY_WAIT: Duration = Duration::from_millis(300);
+/// How often a worker process sends its metrics deltas: the worker thread's
+/// publish tick.
+const SEND_INTERVAL: Duration = Duration::from_millis(250);
+/// How long a worker waits after SIGUSR1 before it sends: a little more than
+/// the worker thread's 250 ms tick, on which it publishes.
+const PUBLISH_WAIT: Duration = Duration::from_millis(300);
 
 /// Applies Landlock with no file allowed to this thread and the threads it starts
 /// later. `who` names the process in log lines.
@@ -203,6 +225,21 @@ pub(crate) fn restrict_files(who: &str) {
         Ok(crate::sys::landlock::Enforced::Fully) => debug!("{who}: Landlock enforced"),
         Ok(status) => debug!("{who}: Landlock {status:?} enforced by this kernel"),
         Err(err) => warning!("{who}: cannot apply Landlock: {err}"),
+    }
+}
+
+/// Runs the test hook behind [`MALFORMED_METRICS_ENV`]. Does nothing in release
+/// builds.
+fn malformed_metrics_probe(link: &MetricsLink) {
+    if !cfg!(debug_assertions) {
+        return;
+    }
+    let Some(value) = std::env::var_os(MALFORMED_METRICS_ENV) else {
+        return;
+    };
+    warning!("metrics probe: sending a malformed metrics delta (test hook)");
+    if let Err(err) = link.send_raw(value.as_encoded_bytes()) {
+        warning!("metrics probe: send failed: {err}");
     }
 }
 

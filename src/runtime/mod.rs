@@ -306,15 +306,6 @@ pub fn run(config: Config) -> Result<(), RunError> {
     check_environment(&config)?;
     probe_io_uring()?;
     if crate::privsep::enabled(&config.global) {
-        if crate::privsep::exports_metrics(&config.global) {
-            return Err(RunError::Config(ConfigError {
-                file: config.source.clone(),
-                line: 0,
-                option: Some("privsep".into()),
-                value: Some("yes".into()),
-                message: "stats and histogram_log are not available with privsep = yes yet; set privsep = no or remove them".into(),
-            }));
-        }
         return run_separated(&config);
     }
     let services = load_services(&config)?;
@@ -341,11 +332,6 @@ fn start_logged(
     global: &crate::config::Global,
     mut services: Vec<Service>,
 ) -> Result<(), RunError> {
-    if global.privsep.is_none() && crate::sys::geteuid() == 0 {
-        warning!(
-            "privilege separation is off because stats or histogram_log is set; set privsep = no to silence this"
-        );
-    }
     check_kernel_tls(&services)?;
 
     let cpus = crate::sys::allowed_cpus();

@@ -28,6 +28,20 @@ pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
 
 /// Sends `message` as one packet.
 pub fn send_packet(fd: &OwnedFd, message: &[u8]) -> io::Result<()> {
+    send_with_flags(fd, message, libc::MSG_NOSIGNAL)
+}
+
+/// Sends `message` as one packet without waiting. Returns false, having sent
+/// nothing, when the peer's queue is full.
+pub fn try_send_packet(fd: &OwnedFd, message: &[u8]) -> io::Result<bool> {
+    match send_with_flags(fd, message, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) {
+        Ok(()) => Ok(true),
+        Err(err) if err.kind() == io::ErrorKind::WouldBlock => Ok(false),
+        Err(err) => Err(err),
+    }
+}
+
+fn send_with_flags(fd: &OwnedFd, message: &[u8], flags: libc::c_int) -> io::Result<()> {
     loop {
         // SAFETY: the pointer and length describe the live `message` slice.
         let sent = unsafe {
@@ -35,7 +49,7 @@ pub fn send_packet(fd: &OwnedFd, message: &[u8]) -> io::Result<()> {
                 fd.as_raw_fd(),
                 message.as_ptr().cast(),
                 message.len(),
-                libc::MSG_NOSIGNAL,
+                flags,
             )
         };
         if sent >= 0 {

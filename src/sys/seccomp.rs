@@ -1,7 +1,7 @@
 //! The seccomp filter of the jailed processes, built with the `seccompiler` crate.
 //!
-//! The lists below are the only place that names the syscalls a worker or the key
-//! process may make once jailed. Any other syscall kills the whole process with
+//! The lists below are the only place that names the syscalls a worker, the key
+//! process or the metrics process may make once jailed. Any other syscall kills the whole process with
 //! SIGSYS. io_uring operations bypass seccomp, so the worker's ring is restricted
 //! separately (see [`super::ring::ALLOWED_OPCODES`]).
 
@@ -10,7 +10,7 @@ use std::io;
 
 use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
 
-/// Syscalls both jailed roles make: memory, threads already started, signals,
+/// Syscalls every jailed role makes: memory, threads already started, signals,
 /// time, randomness for TLS, logging, and exit.
 const COMMON: &[libc::c_long] = &[
     libc::SYS_read,
@@ -71,6 +71,16 @@ const WORKER: &[libc::c_long] = &[
     libc::SYS_splice,
 ];
 
+/// Extra syscalls of the metrics process: the stats listener's accept, the
+/// request timeouts, the peer address it logs, and the half-close after each
+/// response.
+const METRICS: &[libc::c_long] = &[
+    libc::SYS_accept4,
+    libc::SYS_setsockopt,
+    libc::SYS_getpeername,
+    libc::SYS_shutdown,
+];
+
 /// Syscalls that open or look up files fail with EACCES instead of killing the
 /// process, so library code that probes for a file gets an error it can handle.
 /// aws-lc, for one, looks for /dev/sysgenid before its first random bytes.
@@ -86,6 +96,7 @@ const OPEN: &[libc::c_long] = &[
 pub enum Role {
     Worker,
     Key,
+    Metrics,
 }
 
 /// Lists the syscalls `role` may make (opens among them, though they fail), for
@@ -94,8 +105,10 @@ pub fn allowed_syscalls(role: Role) -> Vec<libc::c_long> {
     let mut list = COMMON.to_vec();
     list.extend_from_slice(LEGACY);
     list.extend_from_slice(OPEN);
-    if role == Role::Worker {
-        list.extend_from_slice(WORKER);
+    match role {
+        Role::Worker => list.extend_from_slice(WORKER),
+        Role::Metrics => list.extend_from_slice(METRICS),
+        Role::Key => {}
     }
     list
 }
