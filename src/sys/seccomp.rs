@@ -30,6 +30,9 @@ const COMMON: &[libc::c_long] = &[
     libc::SYS_clock_gettime,
     libc::SYS_gettimeofday,
     libc::SYS_getrandom,
+    // Printing a panic's backtrace reads the working directory. Without it a
+    // panic would end the process with SIGSYS and hide the panic message.
+    libc::SYS_getcwd,
     libc::SYS_rt_sigprocmask,
     libc::SYS_rt_sigtimedwait,
     libc::SYS_rt_sigreturn,
