@@ -58,6 +58,8 @@ pub struct Global {
     pub histogram_log_interval: Duration,
     /// `privsep`; `None` means yes when started as root.
     pub privsep: Option<bool>,
+    /// How the kernel TLS relay runs its splices.
+    pub splice: SpliceMode,
 }
 
 impl Default for Global {
@@ -81,6 +83,7 @@ impl Default for Global {
             histogram_log: None,
             histogram_log_interval: Duration::from_secs(10),
             privsep: None,
+            splice: SpliceMode::default(),
         }
     }
 }
@@ -217,6 +220,18 @@ pub enum KtlsMode {
     Auto,
     On,
     Off,
+}
+
+/// The `splice` option: how the kernel TLS relay runs splice(2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SpliceMode {
+    /// Non-blocking splice(2) calls from the worker thread, with readiness
+    /// polls through the worker's io_uring.
+    #[default]
+    Direct,
+    /// `IORING_OP_SPLICE` requests on the worker's io_uring, which the kernel
+    /// runs on io-wq worker threads.
+    Ring,
 }
 
 /// One service given on the command line instead of a file.

@@ -41,6 +41,7 @@ pub struct WorkerStart {
     pub ids: Ids,
     pub maxconn: usize,
     pub shutdown_timeout: Duration,
+    pub splice: crate::config::SpliceMode,
     /// False for a restarted worker.
     pub first_start: bool,
 }
@@ -97,6 +98,7 @@ pub fn run(
         // Reported on SIGUSR1 only: `stats` and `histogram_log` need privsep off.
         metrics: registry.register_worker(),
         restricted_ring: true,
+        splice: start.splice,
     };
     let probe = start.first_start && index == 0;
 

@@ -54,7 +54,7 @@ pub struct Conn {
     pub splice: Option<Box<SpliceRelay>>,
 
     /// Kinds of operations in flight, as [`Kind::bit`] values.
-    pub inflight: u16,
+    pub inflight: u32,
     /// The client sent close_notify or FIN.
     pub client_eof: bool,
     /// The backend sent FIN.

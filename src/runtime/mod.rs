@@ -124,6 +124,7 @@ pub fn probe_io_uring() -> Result<(), RunError> {
         entries: 8,
         buffers: 8,
         buffer_size: 64,
+        io_workers: None,
     })
     .map(drop)
     .map_err(RunError::IoUringUnavailable)
@@ -499,6 +500,7 @@ fn run_workers(
             shutdown_timeout: global.shutdown_timeout,
             metrics: metrics.registry.register_worker(),
             restricted_ring: false,
+            splice: global.splice,
         };
         let services = services.clone();
         let shared = shared.clone();

@@ -28,10 +28,15 @@ pub enum Kind {
     ClientWritable = 12,
     BackendReadable = 13,
     BackendWritable = 14,
+    /// `IORING_OP_SPLICE` requests of the kernel TLS relay in ring mode.
+    ClientToPipe = 15,
+    PipeToBackend = 16,
+    BackendToPipe = 17,
+    PipeToClient = 18,
 }
 
 impl Kind {
-    const ALL: [Kind; 14] = [
+    const ALL: [Kind; 18] = [
         Kind::Accept,
         Kind::Tick,
         Kind::Wake,
@@ -46,10 +51,14 @@ impl Kind {
         Kind::ClientWritable,
         Kind::BackendReadable,
         Kind::BackendWritable,
+        Kind::ClientToPipe,
+        Kind::PipeToBackend,
+        Kind::BackendToPipe,
+        Kind::PipeToClient,
     ];
 
     /// Returns the bit of this kind in a connection's set of operations in flight.
-    pub fn bit(self) -> u16 {
+    pub fn bit(self) -> u32 {
         1 << (self as u8)
     }
 }

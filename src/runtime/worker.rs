@@ -17,9 +17,10 @@ use socket2::{Domain, SockAddr, SockRef, Socket, Type};
 use super::conn::{Conn, Phase};
 use super::token::{next_generation, Kind, Token};
 use super::{Service, Shared};
-use crate::config::Address;
+use crate::config::{Address, SpliceMode};
 use crate::log::{CloseReason, ConnectionRecord};
 use crate::metrics::{HandshakeFailure, WorkerMetrics};
+use crate::relay::splice::RING_IO_WORKERS;
 use crate::relay::{DataPath, PipePool, UserspaceRelay};
 use crate::sys::ring::{Completion, Op, Ring, RingConfig};
 use crate::tls::TlsSession;
@@ -40,6 +41,8 @@ pub struct WorkerConfig {
     pub metrics: WorkerMetrics,
     /// Create the ring with only the opcodes a jailed worker uses.
     pub restricted_ring: bool,
+    /// How the kernel TLS relay runs its splices.
+    pub splice: SpliceMode,
 }
 
 enum Slot {
@@ -71,6 +74,7 @@ pub struct Worker {
     pool: Vec<Vec<u8>>,
     /// Empty pipes for the kernel TLS relay.
     pipes: PipePool,
+    splice_mode: SpliceMode,
     shutdown_timeout: Duration,
     stop_deadline: Option<Instant>,
     metrics: WorkerMetrics,
@@ -101,6 +105,7 @@ impl Worker {
             entries: 1024,
             buffers: 256,
             buffer_size: 16 * 1024,
+            io_workers: (config.splice == SpliceMode::Ring).then_some(RING_IO_WORKERS),
         };
         let ring = if config.restricted_ring {
             Ring::new_restricted(ring_config)?
@@ -127,6 +132,7 @@ impl Worker {
             starved: Vec::new(),
             pool: Vec::new(),
             pipes: PipePool::new(PIPE_POOL_MAX),
+            splice_mode: config.splice,
             shutdown_timeout: config.shutdown_timeout,
             stop_deadline: None,
             metrics: config.metrics,
@@ -493,6 +499,9 @@ impl Worker {
             | Kind::ClientWritable
             | Kind::BackendReadable
             | Kind::BackendWritable => self.drive(slot),
+            Kind::ClientToPipe | Kind::PipeToBackend | Kind::BackendToPipe | Kind::PipeToClient => {
+                self.on_splice_done(slot, token.kind, completion.result)
+            }
             Kind::Accept | Kind::Tick | Kind::Wake => unreachable!("not a connection operation"),
         }
     }
