@@ -153,13 +153,16 @@ pub struct SpliceRequest {
 }
 
 /// What the next ring-mode splice into a pipe waits for.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum FillWait {
-    #[default]
     Ready,
-    /// The source returned `EAGAIN` with the pipe empty. `posted` is set once a
-    /// readable poll was requested.
-    Readable { posted: bool },
+    /// The source is probably empty: a new direction, a splice that moved less
+    /// than it asked for, or `EAGAIN` with the pipe empty. `posted` is set once a
+    /// readable poll was requested. Waiting for the poll first keeps an idle
+    /// connection from costing an io-wq request that only returns `EAGAIN`.
+    Readable {
+        posted: bool,
+    },
     /// `EAGAIN` with bytes in the pipe: the pipe may be full, so wait until a
     /// splice out of it moves bytes.
     Drain,
@@ -168,12 +171,19 @@ enum FillWait {
     Record,
 }
 
+impl Default for FillWait {
+    fn default() -> FillWait {
+        FillWait::Readable { posted: false }
+    }
+}
+
 /// What the next ring-mode splice out of a pipe waits for.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 enum DrainWait {
     #[default]
     Ready,
-    /// The destination returned `EAGAIN`. `posted` is set once a writable poll
+    /// The destination returned `EAGAIN` or took less than it was offered, so
+    /// its send buffer is probably full. `posted` is set once a writable poll
     /// was requested.
     Writable { posted: bool },
 }
@@ -196,6 +206,9 @@ struct Direction {
     filling: bool,
     /// Ring mode: a splice out of the pipe is in flight.
     draining: bool,
+    /// Ring mode: the lengths of the splices in flight, to tell short ones.
+    fill_len: u32,
+    drain_len: u32,
     fill_wait: FillWait,
     drain_wait: DrainWait,
 }
@@ -938,13 +951,14 @@ fn fill_request(
     if direction.pipe.is_none() {
         direction.pipe = Some(pool.take()?);
     }
-    let room = direction.room();
+    let len = u32::try_from(direction.room()).unwrap_or(u32::MAX);
     let pipe = direction.pipe.as_ref().expect("a pipe was just taken");
     direction.filling = true;
+    direction.fill_len = len;
     Ok(Some(SpliceRequest {
         fd_in: source,
         fd_out: pipe.write.as_raw_fd(),
-        len: u32::try_from(room).unwrap_or(u32::MAX),
+        len,
         flags: RING_SPLICE_FLAGS,
     }))
 }
@@ -956,11 +970,13 @@ fn drain_request(direction: &mut Direction, destination: RawFd) -> Option<Splice
         return None;
     }
     let pipe = direction.pipe.as_ref()?;
+    let len = u32::try_from(direction.in_pipe()).unwrap_or(u32::MAX);
     direction.draining = true;
+    direction.drain_len = len;
     Some(SpliceRequest {
         fd_in: pipe.read.as_raw_fd(),
         fd_out: destination,
-        len: u32::try_from(direction.in_pipe()).unwrap_or(u32::MAX),
+        len,
         flags: RING_SPLICE_FLAGS,
     })
 }
@@ -983,6 +999,9 @@ fn fill_done(
         Ok(moved) => {
             direction.moved_in += u64::from(moved);
             out.active = true;
+            if moved < direction.fill_len {
+                direction.fill_wait = FillWait::Readable { posted: false };
+            }
         }
         Err(libc::EAGAIN) if direction.in_pipe() == 0 => {
             direction.fill_wait = FillWait::Readable { posted: false };
@@ -1005,6 +1024,9 @@ fn drain_done(direction: &mut Direction, result: Result<u32, i32>) -> io::Result
             direction.moved_out += u64::from(moved);
             if direction.fill_wait == FillWait::Drain {
                 direction.fill_wait = FillWait::Ready;
+            }
+            if moved < direction.drain_len {
+                direction.drain_wait = DrainWait::Writable { posted: false };
             }
             Ok(moved as usize)
         }
