@@ -226,7 +226,9 @@ pub enum KtlsMode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SpliceMode {
     /// Non-blocking splice(2) calls from the worker thread, with readiness
-    /// polls through the worker's io_uring.
+    /// polls through the worker's io_uring. The default, because it used less
+    /// CPU per relayed byte than `Ring` in `examples/splice_bench.rs` (figures
+    /// and machine in perf/ktls.md).
     #[default]
     Direct,
     /// `IORING_OP_SPLICE` requests on the worker's io_uring, which the kernel
