@@ -56,7 +56,8 @@ fn test_cert(dir: &TempDir) -> TestCert {
     }
 }
 
-/// The global `splice` line for the mode in `KTLS_TEST_SPLICE`, or nothing.
+/// Returns the global `splice` line for the mode in `KTLS_TEST_SPLICE`, or an
+/// empty string.
 fn splice_option() -> String {
     match std::env::var("KTLS_TEST_SPLICE") {
         Ok(mode) if !mode.is_empty() => format!("splice = {mode}\n"),
@@ -76,7 +77,8 @@ fn service(cert: &TestCert, backend: &Backend, ktls: &str) -> String {
 }
 
 /// Connects to the proxy and completes the handshake. A failure shows the
-/// proxy's output, which says why a worker closed or reset the connection.
+/// proxy's output, which gives the reason a worker closed or reset the
+/// connection.
 fn connect(proxy: &Proxy, config: &Arc<ClientConfig>) -> TlsStream {
     tls_connect(proxy.addr(), config, "localhost")
         .unwrap_or_else(|err| panic!("handshake failed: {err}; output: {:#?}", proxy.output()))

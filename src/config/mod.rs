@@ -58,7 +58,7 @@ pub struct Global {
     pub histogram_log_interval: Duration,
     /// `privsep`; `None` means yes when started as root.
     pub privsep: Option<bool>,
-    /// How the kernel TLS relay runs its splices.
+    /// Splice mode of the kernel TLS relay (the `splice` option).
     pub splice: SpliceMode,
 }
 

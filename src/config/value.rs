@@ -360,7 +360,7 @@ pub fn ktls(value: &str) -> Result<KtlsMode, String> {
     }
 }
 
-/// The global `splice` option.
+/// Parses the global `splice` option.
 pub fn splice(value: &str) -> Result<SpliceMode, String> {
     match value.to_ascii_lowercase().as_str() {
         "direct" => Ok(SpliceMode::Direct),

@@ -51,10 +51,11 @@ pub const RING_SPLICE_FLAGS: u32 = libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE
 
 /// io-wq thread limits `[bounded, unbounded]` for a worker ring in ring mode.
 /// Splices on sockets and pipes run as unbounded io-wq work. Each ring-mode
-/// splice is non-blocking, so an io-wq thread is busy only while it copies page
-/// references, and more threads than this per worker add context switches on
-/// the shared CPUs rather than throughput. Without a limit the kernel may start
-/// a thread per request in flight, up to `RLIMIT_NPROC`.
+/// splice is non-blocking, so an io-wq thread is busy only while the splice runs
+/// (with kernel TLS, that includes encrypting or decrypting the records). More
+/// threads than this per worker would mostly add context switches on CPUs that
+/// the workers already use. Without a limit the kernel may start a thread per
+/// request in flight, up to `RLIMIT_NPROC`.
 pub const RING_IO_WORKERS: [u32; 2] = [2, 4];
 
 /// A non-blocking pipe with its capacity in bytes.
@@ -123,7 +124,8 @@ impl PipePool {
     }
 }
 
-/// Which splice of a connection a ring-mode request is.
+/// The four ring-mode splices of a connection; the number indexes
+/// [`Pumped::splices`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
     ClientToPipe = 0,
@@ -152,7 +154,7 @@ pub struct SpliceRequest {
     pub flags: u32,
 }
 
-/// What the next ring-mode splice into a pipe waits for.
+/// The condition the next ring-mode splice into a pipe waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum FillWait {
     Ready,
@@ -177,7 +179,7 @@ impl Default for FillWait {
     }
 }
 
-/// What the next ring-mode splice out of a pipe waits for.
+/// The condition the next ring-mode splice out of a pipe waits for.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 enum DrainWait {
     #[default]
@@ -388,9 +390,9 @@ impl SpliceRelay {
 
     /// Ring mode: decides which splices to submit now, and which sockets to poll.
     ///
-    /// `polling` names the relay's polls that are still in flight; a poll this
-    /// relay requested that is no longer in flight has completed, and the
-    /// splice that waited for it is requested again. `up_paused` works as in
+    /// `polling` names the relay's polls that are still in flight. A poll this
+    /// relay requested that is no longer in flight has completed, so the splice
+    /// that waited for it is requested again. `up_paused` works as in
     /// [`SpliceRelay::pump`].
     pub fn pump_ring(
         &mut self,
@@ -1030,7 +1032,7 @@ fn drain_done(direction: &mut Direction, result: Result<u32, i32>) -> io::Result
             }
             Ok(moved as usize)
         }
-        // Zero bytes from a pipe that holds bytes is treated as `EAGAIN`.
+        // Zero bytes from a pipe that contains bytes is treated as `EAGAIN`.
         Ok(_) | Err(libc::EAGAIN) => {
             direction.drain_wait = DrainWait::Writable { posted: false };
             Ok(0)

@@ -41,7 +41,7 @@ pub struct WorkerConfig {
     pub metrics: WorkerMetrics,
     /// Create the ring with only the opcodes a jailed worker uses.
     pub restricted_ring: bool,
-    /// How the kernel TLS relay runs its splices.
+    /// Splice mode of the kernel TLS relay (the `splice` option).
     pub splice: SpliceMode,
 }
 
