@@ -6,6 +6,9 @@
 //! missing, so they pass on hosts without CONFIG_TLS; `scripts/ktls-vm-test` runs
 //! them in a guest with kTLS. The `ktls = on` start-up check and the `ktls = off`
 //! path run everywhere.
+//!
+//! `KTLS_TEST_SPLICE=direct` or `ring` sets the proxy's global `splice` option;
+//! `scripts/ktls-vm-test` runs this suite once per mode.
 
 mod common;
 
@@ -53,13 +56,32 @@ fn test_cert(dir: &TempDir) -> TestCert {
     }
 }
 
+/// Returns the global `splice` line for the mode in `KTLS_TEST_SPLICE`, or an
+/// empty string.
+fn splice_option() -> String {
+    match std::env::var("KTLS_TEST_SPLICE") {
+        Ok(mode) if !mode.is_empty() => format!("splice = {mode}\n"),
+        _ => String::new(),
+    }
+}
+
+/// A proxy configuration: the global `splice` line, then one service.
 fn service(cert: &TestCert, backend: &Backend, ktls: &str) -> String {
     format!(
-        "[test]\naccept = 127.0.0.1:0\nconnect = {}\ncert = {}\nkey = {}\nktls = {ktls}\n",
+        "{}[test]\naccept = 127.0.0.1:0\nconnect = {}\ncert = {}\nkey = {}\nktls = {ktls}\n",
+        splice_option(),
         backend.addr,
         cert.cert.display(),
         cert.key.display()
     )
+}
+
+/// Connects to the proxy and completes the handshake. A failure shows the
+/// proxy's output, which gives the reason a worker closed or reset the
+/// connection.
+fn connect(proxy: &Proxy, config: &Arc<ClientConfig>) -> TlsStream {
+    tls_connect(proxy.addr(), config, "localhost")
+        .unwrap_or_else(|err| panic!("handshake failed: {err}; output: {:#?}", proxy.output()))
 }
 
 /// A client configuration offering only `suite`, at the suite's TLS version.
@@ -170,7 +192,7 @@ fn suite_exchange(suite: SupportedCipherSuite) {
     let cert = test_cert(&dir);
     let backend = Backend::echo();
     let proxy = Proxy::start(&service(&cert, &backend, "auto"));
-    let stream = tls_connect(proxy.addr(), &client_for(&cert, suite), "localhost").unwrap();
+    let stream = connect(&proxy, &client_for(&cert, suite));
     echo_exchange(stream, SUITE_LEN);
 
     let line = &proxy.wait_for_conn_lines(1)[0];
@@ -206,7 +228,7 @@ fn bulk_64_mib_each_way() {
     let cert = test_cert(&dir);
     let backend = Backend::echo();
     let proxy = Proxy::start(&service(&cert, &backend, "on"));
-    let stream = tls_connect(proxy.addr(), &default_client(&cert), "localhost").unwrap();
+    let stream = connect(&proxy, &default_client(&cert));
     echo_exchange(stream, TOTAL);
 
     let line = &proxy.wait_for_conn_lines(1)[0];
@@ -238,7 +260,8 @@ fn first_request_with_finished(len: usize) {
     let early = conn.writer().write(&request).unwrap();
     assert!(early > 0);
     while conn.is_handshaking() {
-        conn.complete_io(&mut sock).unwrap();
+        conn.complete_io(&mut sock)
+            .unwrap_or_else(|err| panic!("handshake failed: {err}; output: {:#?}", proxy.output()));
     }
     let mut stream = rustls::StreamOwned::new(conn, sock);
     stream.write_all(&request[early..]).unwrap();
@@ -283,7 +306,7 @@ fn client_half_close(greet: bool) -> String {
             .unwrap();
     });
     let proxy = Proxy::start(&service(&cert, &backend, "on"));
-    let mut stream = tls_connect(proxy.addr(), &default_client(&cert), "localhost").unwrap();
+    let mut stream = connect(&proxy, &default_client(&cert));
     if greet {
         let mut greeting = [0u8; 5];
         stream.read_exact(&mut greeting).unwrap();
@@ -348,7 +371,7 @@ fn half_close_from_backend() {
         report.lock().unwrap().send(rest).unwrap();
     });
     let proxy = Proxy::start(&service(&cert, &backend, "on"));
-    let mut stream = tls_connect(proxy.addr(), &default_client(&cert), "localhost").unwrap();
+    let mut stream = connect(&proxy, &default_client(&cert));
 
     // The client sees the greeting and then a clean close_notify.
     let mut greeting = Vec::new();
@@ -378,7 +401,7 @@ fn client_key_updates(updates: usize) {
     let backend = Backend::echo();
     let proxy = Proxy::start(&service(&cert, &backend, "on"));
     let config = client_for(&cert, cipher_suite::TLS13_CHACHA20_POLY1305_SHA256);
-    let mut stream = tls_connect(proxy.addr(), &config, "localhost").unwrap();
+    let mut stream = connect(&proxy, &config);
     stream.write_all(b"before").unwrap();
     let mut reply = [0u8; 6];
     stream.read_exact(&mut reply).unwrap();
@@ -517,7 +540,7 @@ fn client_reset_propagates_to_backend() {
         report.lock().unwrap().send(outcome).unwrap();
     });
     let proxy = Proxy::start(&service(&cert, &backend, "on"));
-    let mut stream = tls_connect(proxy.addr(), &default_client(&cert), "localhost").unwrap();
+    let mut stream = connect(&proxy, &default_client(&cert));
     let mut buf = vec![0u8; 64 * 1024];
     stream.read_exact(&mut buf).unwrap();
 
@@ -551,7 +574,7 @@ fn sigterm_drains_ktls_connection() {
     let cert = test_cert(&dir);
     let backend = Backend::echo();
     let mut proxy = Proxy::start(&service(&cert, &backend, "on"));
-    let mut open = tls_connect(proxy.addr(), &default_client(&cert), "localhost").unwrap();
+    let mut open = connect(&proxy, &default_client(&cert));
     open.write_all(b"before").unwrap();
     let mut reply = [0u8; 6];
     open.read_exact(&mut reply).unwrap();
@@ -611,7 +634,7 @@ fn ktls_off_uses_userspace() {
     let cert = test_cert(&dir);
     let backend = Backend::echo();
     let proxy = Proxy::start(&service(&cert, &backend, "off"));
-    let stream = tls_connect(proxy.addr(), &default_client(&cert), "localhost").unwrap();
+    let stream = connect(&proxy, &default_client(&cert));
     echo_exchange(stream, 64 * 1024);
     let line = &proxy.wait_for_conn_lines(1)[0];
     assert_eq!(field(line, "path"), "userspace");
@@ -625,7 +648,7 @@ fn ktls_auto_follows_the_probe() {
     let backend = Backend::echo();
     let proxy = Proxy::start(&service(&cert, &backend, "auto"));
     proxy.wait_for_line(&["notice", "kernel TLS"]);
-    let stream = tls_connect(proxy.addr(), &default_client(&cert), "localhost").unwrap();
+    let stream = connect(&proxy, &default_client(&cert));
     echo_exchange(stream, 64 * 1024);
     let line = &proxy.wait_for_conn_lines(1)[0];
     let expected = if kernel::probe().is_available() {
@@ -649,6 +672,18 @@ fn cpu_seconds(pid: u32) -> f64 {
     (user + system) as f64 / 100.0
 }
 
+/// Global options of the benchmarks: one worker, and no privilege separation, so
+/// the process at `proxy.pid()` is the one that does the work.
+const BENCHMARK_GLOBALS: &str = "threads = 1\nprivsep = no\n";
+
+/// Returns the splice mode a benchmark line reports.
+fn splice_mode_name() -> String {
+    std::env::var("KTLS_TEST_SPLICE")
+        .ok()
+        .filter(|mode| !mode.is_empty())
+        .unwrap_or_else(|| "default".to_string())
+}
+
 /// Prints the proxy's relayed bytes per CPU-second on each data path. Run it in
 /// the guest with
 /// `KTLS_VM_TEST_FILTER='--ignored --nocapture throughput' scripts/ktls-vm-test --test ktls_proxy`.
@@ -663,17 +698,72 @@ fn throughput_per_cpu_second() {
         let dir = TempDir::new("ktls-throughput");
         let cert = test_cert(&dir);
         let backend = Backend::echo();
-        let proxy = Proxy::start(&format!("threads = 1\n{}", service(&cert, &backend, ktls)));
-        let stream = tls_connect(proxy.addr(), &default_client(&cert), "localhost").unwrap();
+        let proxy = Proxy::start(&format!(
+            "{BENCHMARK_GLOBALS}{}",
+            service(&cert, &backend, ktls)
+        ));
+        let stream = connect(&proxy, &default_client(&cert));
         let before = cpu_seconds(proxy.pid());
         echo_exchange(stream, TOTAL);
         let line = proxy.wait_for_conn_lines(1)[0].clone();
         let used = cpu_seconds(proxy.pid()) - before;
         let moved = (2 * TOTAL) as f64 / (1024.0 * 1024.0);
         println!(
-            "throughput ktls={ktls} path={}: {moved:.0} MiB relayed in {used:.2} CPU-seconds, {:.1} MiB per CPU-second",
+            "throughput ktls={ktls} path={} splice={}: {moved:.0} MiB relayed in {used:.2} CPU-seconds, {:.1} MiB per CPU-second",
             field(&line, "path"),
+            splice_mode_name(),
             moved / used.max(0.01)
+        );
+    }
+}
+
+/// Prints the proxy's full TLS 1.3 handshakes per CPU-second with `ktls = on`
+/// and `ktls = off`. Each connection makes a handshake without resumption, sends
+/// one small request, reads its echo and closes with close_notify, so the
+/// kernel TLS figure includes the hand-off. Run it in the guest with
+/// `KTLS_VM_TEST_FILTER='--ignored --nocapture handshakes' scripts/ktls-vm-test --test ktls_proxy`.
+#[test]
+#[ignore = "benchmark; prints figures instead of checking them"]
+fn handshakes_per_cpu_second() {
+    const COUNT: usize = 200;
+    for ktls in ["on", "off"] {
+        if ktls == "on" && !ktls_available() {
+            continue;
+        }
+        let dir = TempDir::new("ktls-handshakes");
+        let cert = test_cert(&dir);
+        let backend = Backend::echo();
+        let proxy = Proxy::start(&format!(
+            "{BENCHMARK_GLOBALS}{}",
+            service(&cert, &backend, ktls)
+        ));
+        // A fresh client configuration per connection has an empty session
+        // cache, so no handshake is a resumption.
+        let configs: Vec<_> = (0..COUNT).map(|_| default_client(&cert)).collect();
+
+        let before = cpu_seconds(proxy.pid());
+        for (index, config) in configs.into_iter().enumerate() {
+            let mut stream = tls_connect(proxy.addr(), &config, "localhost")
+                .unwrap_or_else(|err| panic!("handshake {index} failed: {err}"));
+            stream.write_all(b"ping").unwrap();
+            let mut reply = [0u8; 4];
+            stream.read_exact(&mut reply).unwrap();
+            assert_eq!(&reply, b"ping");
+            stream.conn.send_close_notify();
+            let _ = stream.conn.complete_io(&mut stream.sock);
+        }
+        let lines = proxy.wait_for_conn_lines(COUNT);
+        let used = cpu_seconds(proxy.pid()) - before;
+        let paths: Vec<&str> = lines.iter().map(|line| field(line, "path")).collect();
+        let path = if paths.iter().all(|path| *path == paths[0]) {
+            paths[0]
+        } else {
+            "mixed"
+        };
+        println!(
+            "handshakes ktls={ktls} path={path} splice={}: {COUNT} handshakes in {used:.2} CPU-seconds, {:.1} handshakes per CPU-second",
+            splice_mode_name(),
+            COUNT as f64 / used.max(0.01)
         );
     }
 }

@@ -58,6 +58,8 @@ pub struct Global {
     pub histogram_log_interval: Duration,
     /// `privsep`; `None` means yes when started as root.
     pub privsep: Option<bool>,
+    /// Splice mode of the kernel TLS relay (the `splice` option).
+    pub splice: SpliceMode,
 }
 
 impl Default for Global {
@@ -81,6 +83,7 @@ impl Default for Global {
             histogram_log: None,
             histogram_log_interval: Duration::from_secs(10),
             privsep: None,
+            splice: SpliceMode::default(),
         }
     }
 }
@@ -217,6 +220,20 @@ pub enum KtlsMode {
     Auto,
     On,
     Off,
+}
+
+/// The `splice` option: how the kernel TLS relay runs splice(2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SpliceMode {
+    /// Non-blocking splice(2) calls from the worker thread, with readiness
+    /// polls through the worker's io_uring. The default, because it used less
+    /// CPU per relayed byte than `Ring` in `examples/splice_bench.rs` (figures
+    /// and machine in perf/ktls.md).
+    #[default]
+    Direct,
+    /// `IORING_OP_SPLICE` requests on the worker's io_uring, which the kernel
+    /// runs on io-wq worker threads.
+    Ring,
 }
 
 /// One service given on the command line instead of a file.

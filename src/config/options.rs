@@ -28,6 +28,7 @@ pub enum Opt {
     HistogramLog,
     HistogramLogInterval,
     Privsep,
+    Splice,
     Accept,
     Connect,
     Local,
@@ -73,6 +74,7 @@ pub const OPTIONS: &[(&str, Opt, Scope)] = &[
         Scope::Global,
     ),
     ("privsep", Opt::Privsep, Scope::Global),
+    ("splice", Opt::Splice, Scope::Global),
     ("accept", Opt::Accept, Scope::Service),
     ("connect", Opt::Connect, Scope::Service),
     ("local", Opt::Local, Scope::Service),
@@ -192,6 +194,7 @@ pub fn syntax(opt: Opt) -> &'static str {
         Opt::Setgid => "group name or gid",
         Opt::Syslog | Opt::Privsep | Opt::AcceptProxy => "yes or no",
         Opt::Foreground => "yes, no or quiet",
+        Opt::Splice => "direct or ring",
         Opt::Debug => "[facility.]level",
         Opt::Threads | Opt::Maxconn => "number",
         Opt::ShutdownTimeout

@@ -355,6 +355,7 @@ impl Parser {
                     context.check(entry, value::seconds(value, 10, false))?
             }
             Opt::Privsep => global.privsep = Some(context.check(entry, value::yes_no(value))?),
+            Opt::Splice => global.splice = context.check(entry, value::splice(value))?,
             _ => unreachable!("{opt:?} is a service option"),
         }
         Ok(())

@@ -171,6 +171,7 @@ fn defaults_of_minimal_config() {
     assert_eq!(global.histogram_log, None);
     assert_eq!(global.histogram_log_interval, Duration::from_secs(10));
     assert_eq!(global.privsep, None);
+    assert_eq!(global.splice, SpliceMode::Direct);
 
     let service = only_service(&config);
     assert_eq!(service.accept, inet("[::]:8443"));
@@ -260,7 +261,7 @@ fn global_options_all_set() {
         "chroot = /srv/jail\npid = /run/tlsplice.pid\nsetuid = 65534\nsetgid = 0\n\
          output = /var/log/t.log\nsyslog = yes\nforeground = yes\ndebug = local3.info\n\
          threads = 4\nmaxconn = 1000\nshutdown_timeout = 0\nstats = [::1]:9100\n\
-         histogram_log = /var/log/t.hlog\nhistogram_log_interval = 60\nprivsep = no\naccept",
+         histogram_log = /var/log/t.hlog\nhistogram_log_interval = 60\nprivsep = no\nsplice = ring\naccept",
     );
     let global = parse(&text).unwrap().global;
     assert_eq!(global.chroot, Some(PathBuf::from("/srv/jail")));
@@ -280,6 +281,7 @@ fn global_options_all_set() {
     assert_eq!(global.histogram_log, Some(PathBuf::from("/var/log/t.hlog")));
     assert_eq!(global.histogram_log_interval, Duration::from_secs(60));
     assert_eq!(global.privsep, Some(false));
+    assert_eq!(global.splice, SpliceMode::Ring);
 }
 
 #[test]
@@ -748,6 +750,7 @@ fn error_value_messages() {
         ("shutdown_timeout = soon", "shutdown_timeout = soon: invalid number of seconds; use a whole number such as 30"),
         ("syslog = maybe", "syslog = maybe: invalid value; use yes or no"),
         ("privsep = 1", "privsep = 1: invalid value; use yes or no"),
+        ("splice = io_uring", "splice = io_uring: invalid value; use direct or ring"),
         ("accept_proxy = true", "accept_proxy = true: invalid value; use yes or no"),
         ("foreground = always", "foreground = always: invalid value; use yes, no or quiet"),
         ("threads = 0", "threads = 0: invalid thread count; use a whole number from 1 to 1024"),

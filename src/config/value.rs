@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use rustls::CipherSuite;
 
-use super::{Address, KtlsMode, LogLevel, ProxyVersion, TlsVersion};
+use super::{Address, KtlsMode, LogLevel, ProxyVersion, SpliceMode, TlsVersion};
 use crate::sys::user;
 
 /// Resolves a host name and port to socket addresses; tests substitute a fake.
@@ -357,6 +357,15 @@ pub fn ktls(value: &str) -> Result<KtlsMode, String> {
         "on" => Ok(KtlsMode::On),
         "off" => Ok(KtlsMode::Off),
         _ => Err("invalid value; use auto, on or off".to_string()),
+    }
+}
+
+/// Parses the global `splice` option.
+pub fn splice(value: &str) -> Result<SpliceMode, String> {
+    match value.to_ascii_lowercase().as_str() {
+        "direct" => Ok(SpliceMode::Direct),
+        "ring" => Ok(SpliceMode::Ring),
+        _ => Err("invalid value; use direct or ring".to_string()),
     }
 }
 

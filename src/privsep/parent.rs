@@ -558,6 +558,7 @@ impl Parent<'_> {
                     ids: self.worker_ids,
                     maxconn: self.global.maxconn,
                     shutdown_timeout: self.global.shutdown_timeout,
+                    splice: self.global.splice,
                     first_start,
                 };
                 worker::run(start, self.services.clone(), parent, writer)

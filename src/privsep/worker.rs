@@ -51,6 +51,7 @@ pub struct WorkerStart {
     pub ids: Ids,
     pub maxconn: usize,
     pub shutdown_timeout: Duration,
+    pub splice: crate::config::SpliceMode,
     /// False for a restarted worker.
     pub first_start: bool,
 }
@@ -107,6 +108,7 @@ pub fn run(
         metrics: registry.register_worker(),
         restricted_ring: true,
         suspend_signing: true,
+        splice: start.splice,
     };
     let probe = start.first_start && index == 0;
     let mut metrics_link = start

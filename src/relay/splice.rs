@@ -3,11 +3,19 @@
 //! socket with splice(2) without being copied into this process.
 //!
 //! Each direction owns a pipe from the worker's [`PipePool`] only while bytes sit
-//! in it. Every splice is non-blocking and runs on the worker thread. When a
-//! splice returns `EAGAIN`, [`SpliceRelay::pump`] reports which socket must become
-//! readable or writable, and the worker waits for that with a one-shot poll on its
-//! io_uring. This avoids `IORING_OP_SPLICE`, which the kernel always runs on an
-//! io-wq thread.
+//! in it or a splice on it is in flight. Two modes run the splices (the global
+//! `splice` option):
+//!
+//! - Direct: [`SpliceRelay::pump`] calls splice(2) with `SPLICE_F_NONBLOCK` on the
+//!   worker thread. When a splice returns `EAGAIN`, it reports which socket must
+//!   become readable or writable, and the worker waits for that with a one-shot
+//!   poll on its io_uring.
+//! - Ring: [`SpliceRelay::pump_ring`] returns `IORING_OP_SPLICE` requests for the
+//!   worker to submit, and [`SpliceRelay::splice_done`] takes their results. The
+//!   kernel runs each request on an io-wq worker thread. The requests are
+//!   non-blocking too, so an io-wq thread never waits for a peer: `EAGAIN` leads
+//!   to the same one-shot polls as in the direct mode. A direction may have one
+//!   splice into its pipe and one out of it in flight at once.
 //!
 //! A splice from a pipe cannot tell "pipe full" from "socket empty": both are
 //! `EAGAIN`. So a direction waits for its source only while its pipe is empty,
@@ -19,7 +27,7 @@
 //! byte arrives. Whether Linux 6.1 overrides poll for kTLS sockets is unverified.
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use rustls::kernel::KernelConnection;
 use rustls::server::ServerConnectionData;
@@ -35,6 +43,20 @@ use crate::tls::kernel::{
 /// connection cannot hold the worker. A direction that still has work requests a
 /// poll on a ready socket, which completes at once and puts it back in the queue.
 const ROUNDS_PER_PUMP: usize = 16;
+
+/// splice(2) flags of a ring-mode request. `SPLICE_F_NONBLOCK` keeps an io-wq
+/// thread from waiting for a peer, so a bounded io-wq cannot be held by idle
+/// connections.
+pub const RING_SPLICE_FLAGS: u32 = libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE;
+
+/// io-wq thread limits `[bounded, unbounded]` for a worker ring in ring mode.
+/// Splices on sockets and pipes run as unbounded io-wq work. Each ring-mode
+/// splice is non-blocking, so an io-wq thread is busy only while the splice runs
+/// (with kernel TLS, that includes encrypting or decrypting the records). More
+/// threads than this per worker would mostly add context switches on CPUs that
+/// the workers already use. Without a limit the kernel may start a thread per
+/// request in flight, up to `RLIMIT_NPROC`.
+pub const RING_IO_WORKERS: [u32; 2] = [2, 4];
 
 /// A non-blocking pipe with its capacity in bytes.
 #[derive(Debug)]
@@ -102,6 +124,72 @@ impl PipePool {
     }
 }
 
+/// The four ring-mode splices of a connection; the number indexes
+/// [`Pumped::splices`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    ClientToPipe = 0,
+    PipeToBackend = 1,
+    BackendToPipe = 2,
+    PipeToClient = 3,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 4] = [
+        Stage::ClientToPipe,
+        Stage::PipeToBackend,
+        Stage::BackendToPipe,
+        Stage::PipeToClient,
+    ];
+}
+
+/// One `IORING_OP_SPLICE` for the caller to submit. The descriptors stay open
+/// until its completion is passed to [`SpliceRelay::splice_done`], as long as the
+/// relay and the two sockets are kept until then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpliceRequest {
+    pub fd_in: RawFd,
+    pub fd_out: RawFd,
+    pub len: u32,
+    pub flags: u32,
+}
+
+/// The condition the next ring-mode splice into a pipe waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FillWait {
+    Ready,
+    /// The source is probably empty: a new direction, a splice that moved less
+    /// than it asked for, or `EAGAIN` with the pipe empty. `posted` is set once a
+    /// readable poll was requested. Waiting for the poll first keeps an idle
+    /// connection from costing an io-wq request that only returns `EAGAIN`.
+    Readable {
+        posted: bool,
+    },
+    /// `EAGAIN` with bytes in the pipe: the pipe may be full, so wait until a
+    /// splice out of it moves bytes.
+    Drain,
+    /// The next record from the client is not application data; read it once
+    /// the pipe is empty.
+    Record,
+}
+
+impl Default for FillWait {
+    fn default() -> FillWait {
+        FillWait::Readable { posted: false }
+    }
+}
+
+/// The condition the next ring-mode splice out of a pipe waits for.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum DrainWait {
+    #[default]
+    Ready,
+    /// The destination returned `EAGAIN` or took less than it was offered, so
+    /// its send buffer is probably full. `posted` is set once a writable poll
+    /// was requested.
+    Writable { posted: bool },
+}
+
 /// One direction of the relay.
 #[derive(Debug, Default)]
 struct Direction {
@@ -116,6 +204,15 @@ struct Direction {
     /// The source is done and the pipe is empty; for the backend-to-client
     /// direction, close_notify was sent as well.
     finished: bool,
+    /// Ring mode: a splice into the pipe is in flight.
+    filling: bool,
+    /// Ring mode: a splice out of the pipe is in flight.
+    draining: bool,
+    /// Ring mode: the lengths of the splices in flight, to tell short ones.
+    fill_len: u32,
+    drain_len: u32,
+    fill_wait: FillWait,
+    drain_wait: DrainWait,
 }
 
 impl Direction {
@@ -128,9 +225,10 @@ impl Direction {
         capacity.saturating_sub(self.in_pipe())
     }
 
-    /// Returns the pipe to the pool once nothing is in it.
+    /// Returns the pipe to the pool once nothing is in it and no ring-mode
+    /// splice uses it.
     fn release_if_empty(&mut self, pool: &mut PipePool) {
-        if self.in_pipe() == 0 {
+        if self.in_pipe() == 0 && !self.filling && !self.draining {
             if let Some(pipe) = self.pipe.take() {
                 pool.give(pipe);
             }
@@ -207,6 +305,8 @@ pub struct Pumped {
     pub plaintext: Option<Vec<u8>>,
     /// The connection must close.
     pub end: Option<End>,
+    /// Ring mode: splices to submit, indexed by [`Stage`].
+    pub splices: [Option<SpliceRequest>; 4],
 }
 
 /// The two descriptors a relay moves bytes between.
@@ -216,10 +316,16 @@ pub struct Sockets<'a> {
     pub backend: BorrowedFd<'a>,
 }
 
-/// The state of one connection on the kernel TLS path.
-pub struct SpliceRelay {
+/// The kernel TLS session of a relay.
+struct KernelSession {
     kernel: KernelConnection<ServerConnectionData>,
     budget: RecordBudget,
+}
+
+/// The state of one connection on the kernel TLS path.
+pub struct SpliceRelay {
+    /// `None` for a relay between plain sockets (see [`SpliceRelay::plain`]).
+    session: Option<KernelSession>,
     up: Direction,
     down: Direction,
     /// Our KeyUpdate hit `EAGAIN`; it must go out before any other byte to the client.
@@ -234,8 +340,21 @@ impl SpliceRelay {
         budget: RecordBudget,
     ) -> SpliceRelay {
         SpliceRelay {
-            kernel,
-            budget,
+            session: Some(KernelSession { kernel, budget }),
+            up: Direction::default(),
+            down: Direction::default(),
+            key_update_owed: false,
+        }
+    }
+
+    /// Starts a relay between two plain TCP sockets, with no kernel TLS session.
+    /// It moves bytes exactly as on the kernel TLS path, but a splice failure
+    /// that would mean a control record ends the relay, and the end of the
+    /// backend's data sends no close_notify. Tests and benchmarks use it on
+    /// kernels without the tls ULP.
+    pub fn plain() -> SpliceRelay {
+        SpliceRelay {
+            session: None,
             up: Direction::default(),
             down: Direction::default(),
             key_update_owed: false,
@@ -267,6 +386,184 @@ impl SpliceRelay {
             self.pump_down(sockets, pool, support, &mut out);
         }
         out
+    }
+
+    /// Ring mode: decides which splices to submit now, and which sockets to poll.
+    ///
+    /// `polling` names the relay's polls that are still in flight. A poll this
+    /// relay requested that is no longer in flight has completed, so the splice
+    /// that waited for it is requested again. `up_paused` works as in
+    /// [`SpliceRelay::pump`].
+    pub fn pump_ring(
+        &mut self,
+        sockets: Sockets<'_>,
+        pool: &mut PipePool,
+        support: &KernelTlsSupport,
+        up_paused: bool,
+        polling: Wants,
+    ) -> Pumped {
+        let mut out = Pumped::default();
+        settle_polls(
+            &mut self.up,
+            polling.client_readable,
+            polling.backend_writable,
+        );
+        settle_polls(
+            &mut self.down,
+            polling.backend_readable,
+            polling.client_writable,
+        );
+        if !up_paused {
+            self.pump_up_ring(sockets, pool, support, &mut out);
+        }
+        if out.end.is_none() {
+            self.pump_down_ring(sockets, pool, support, &mut out);
+        }
+        out
+    }
+
+    /// Ring mode: records the result of a request from [`SpliceRelay::pump_ring`].
+    /// `result` is the completion's byte count or errno. Call `pump_ring` next
+    /// unless the result ends the connection.
+    pub fn splice_done(
+        &mut self,
+        stage: Stage,
+        result: Result<u32, i32>,
+        pool: &mut PipePool,
+    ) -> Pumped {
+        let mut out = Pumped::default();
+        match stage {
+            Stage::ClientToPipe => {
+                let control_records = self.session.is_some();
+                if let Err(err) = fill_done(&mut self.up, result, control_records, &mut out) {
+                    out.end = Some(client_failure("splice from the client", &err));
+                }
+            }
+            Stage::BackendToPipe => {
+                if let Err(err) = fill_done(&mut self.down, result, false, &mut out) {
+                    out.end = Some(backend_failure("splice from the backend", &err));
+                }
+            }
+            Stage::PipeToBackend => match drain_done(&mut self.up, result) {
+                Ok(moved) => out.up += moved as u64,
+                Err(err) => out.end = Some(backend_failure("splice to the backend", &err)),
+            },
+            Stage::PipeToClient => match drain_done(&mut self.down, result) {
+                Ok(moved) => {
+                    if let Some(session) = self.session.as_mut() {
+                        session.budget.count_send(moved);
+                    }
+                    out.down += moved as u64;
+                }
+                Err(err) => out.end = Some(client_failure("splice to the client", &err)),
+            },
+        }
+        out.active |= out.up > 0 || out.down > 0;
+        self.up.release_if_empty(pool);
+        self.down.release_if_empty(pool);
+        out
+    }
+
+    fn pump_up_ring(
+        &mut self,
+        sockets: Sockets<'_>,
+        pool: &mut PipePool,
+        support: &KernelTlsSupport,
+        out: &mut Pumped,
+    ) {
+        if self.up.finished {
+            return;
+        }
+        // The record is read on this thread, so no splice on the client socket
+        // may run meanwhile: a KeyUpdate changes the keys of both directions.
+        if self.up.fill_wait == FillWait::Record
+            && self.up.in_pipe() == 0
+            && !self.up.draining
+            && !self.down.draining
+        {
+            self.up.fill_wait = FillWait::Ready;
+            out.active |= self.control_record(sockets.client, support, out);
+            if out.wants.client_readable {
+                self.up.fill_wait = FillWait::Readable { posted: true };
+            }
+            if out.end.is_some() || out.plaintext.is_some() {
+                return;
+            }
+        }
+
+        out.splices[Stage::PipeToBackend as usize] =
+            drain_request(&mut self.up, sockets.backend.as_raw_fd());
+        match fill_request(&mut self.up, sockets.client.as_raw_fd(), pool) {
+            Ok(request) => out.splices[Stage::ClientToPipe as usize] = request,
+            Err(err) => {
+                out.end = Some(client_failure("taking a pipe", &err));
+                return;
+            }
+        }
+        request_polls(
+            &mut self.up,
+            &mut out.wants.client_readable,
+            &mut out.wants.backend_writable,
+        );
+
+        self.up.release_if_empty(pool);
+        if self.up.source_eof && self.up.in_pipe() == 0 && !self.up.filling {
+            self.up.finished = true;
+            out.up_finished = true;
+        }
+    }
+
+    fn pump_down_ring(
+        &mut self,
+        sockets: Sockets<'_>,
+        pool: &mut PipePool,
+        support: &KernelTlsSupport,
+        out: &mut Pumped,
+    ) {
+        if self.down.finished {
+            return;
+        }
+        // A KeyUpdate and the new transmit key must not race a splice to the
+        // client, so they wait until none is in flight, and none starts while a
+        // control record from the client waits to be read.
+        let record_waiting = self.up.fill_wait == FillWait::Record;
+        if self.key_update_owed
+            && (self.down.draining || !self.send_key_update(sockets.client, support, out))
+        {
+            return;
+        }
+        if self.down.in_pipe() > 0
+            && !self.down.draining
+            && self.down.drain_wait == DrainWait::Ready
+            && !record_waiting
+        {
+            if !self.check_key_limit(sockets.client, support, out) {
+                return;
+            }
+            out.splices[Stage::PipeToClient as usize] =
+                drain_request(&mut self.down, sockets.client.as_raw_fd());
+        }
+        match fill_request(&mut self.down, sockets.backend.as_raw_fd(), pool) {
+            Ok(request) => out.splices[Stage::BackendToPipe as usize] = request,
+            Err(err) => {
+                out.end = Some(backend_failure("taking a pipe", &err));
+                return;
+            }
+        }
+        request_polls(
+            &mut self.down,
+            &mut out.wants.backend_readable,
+            &mut out.wants.client_writable,
+        );
+
+        self.down.release_if_empty(pool);
+        if self.down.source_eof
+            && self.down.in_pipe() == 0
+            && !self.down.filling
+            && !self.down.draining
+        {
+            self.finish_down(sockets.client, out);
+        }
     }
 
     fn pump_up(
@@ -311,7 +608,8 @@ impl SpliceRelay {
                     // The next record is not application data. Read it once the
                     // pipe is empty, so nothing overtakes the bytes in the pipe.
                     Step::Failed(err)
-                        if matches!(err.raw_os_error(), Some(libc::EINVAL | libc::EIO)) =>
+                        if self.session.is_some()
+                            && matches!(err.raw_os_error(), Some(libc::EINVAL | libc::EIO)) =>
                     {
                         if self.up.in_pipe() == 0 {
                             progressed = self.control_record(sockets.client, support, out);
@@ -369,7 +667,9 @@ impl SpliceRelay {
                 }
                 match drain(&mut self.down, sockets.client) {
                     Step::Moved(moved) => {
-                        self.budget.count_send(moved);
+                        if let Some(session) = self.session.as_mut() {
+                            session.budget.count_send(moved);
+                        }
                         out.down += moved as u64;
                         progressed = true;
                     }
@@ -401,16 +701,7 @@ impl SpliceRelay {
             out.active |= progressed;
             self.down.release_if_empty(pool);
             if self.down.source_eof && self.down.in_pipe() == 0 {
-                match kernel::send_close_notify(sockets.client) {
-                    Ok(()) => {
-                        self.down.finished = true;
-                        out.down_finished = true;
-                    }
-                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                        out.wants.client_writable = true;
-                    }
-                    Err(err) => out.end = Some(client_failure("sending close_notify", &err)),
-                }
+                self.finish_down(sockets.client, out);
                 return;
             }
             if !progressed {
@@ -423,6 +714,26 @@ impl SpliceRelay {
                     &mut out.wants.backend_readable,
                 );
             }
+        }
+    }
+
+    /// Sends close_notify after the backend's last byte reached the client, and
+    /// marks the direction finished.
+    fn finish_down(&mut self, client: BorrowedFd<'_>, out: &mut Pumped) {
+        let sent = if self.session.is_some() {
+            kernel::send_close_notify(client)
+        } else {
+            Ok(())
+        };
+        match sent {
+            Ok(()) => {
+                self.down.finished = true;
+                out.down_finished = true;
+            }
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                out.wants.client_writable = true;
+            }
+            Err(err) => out.end = Some(client_failure("sending close_notify", &err)),
         }
     }
 
@@ -493,10 +804,14 @@ impl SpliceRelay {
         support: &KernelTlsSupport,
         out: &mut Pumped,
     ) -> bool {
-        match kernel::handle_key_update(client, &mut self.kernel, update_requested, support) {
+        let session = self
+            .session
+            .as_mut()
+            .expect("control records are read only with a kernel TLS session");
+        match kernel::handle_key_update(client, &mut session.kernel, update_requested, support) {
             Ok(()) => {
                 if update_requested {
-                    self.budget.reset();
+                    session.budget.reset();
                 }
                 true
             }
@@ -526,10 +841,14 @@ impl SpliceRelay {
         support: &KernelTlsSupport,
         out: &mut Pumped,
     ) -> bool {
-        match kernel::send_key_update(client, &mut self.kernel, false, support) {
+        let Some(session) = self.session.as_mut() else {
+            self.key_update_owed = false;
+            return true;
+        };
+        match kernel::send_key_update(client, &mut session.kernel, false, support) {
             Ok(()) => {
                 self.key_update_owed = false;
-                self.budget.reset();
+                session.budget.reset();
                 true
             }
             Err(err) if err.is_would_block() => {
@@ -555,8 +874,12 @@ impl SpliceRelay {
         support: &KernelTlsSupport,
         out: &mut Pumped,
     ) -> bool {
-        let can_rekey = support.rekey && self.kernel.protocol_version() == ProtocolVersion::TLSv1_3;
-        match self.budget.action(can_rekey) {
+        let Some(session) = self.session.as_ref() else {
+            return true;
+        };
+        let can_rekey =
+            support.rekey && session.kernel.protocol_version() == ProtocolVersion::TLSv1_3;
+        match session.budget.action(can_rekey) {
             KeyLimitAction::Continue => true,
             KeyLimitAction::Rekey => {
                 self.key_update_owed = true;
@@ -567,8 +890,8 @@ impl SpliceRelay {
                     reason: CloseReason::TlsError,
                     message: format!(
                         "{} records sent under one key, near the confidentiality limit of {}, and this connection cannot re-key",
-                        self.budget.records_sent(),
-                        self.budget.limit()
+                        session.budget.records_sent(),
+                        session.budget.limit()
                     ),
                     notify_client: true,
                 });
@@ -611,6 +934,138 @@ fn drain(direction: &mut Direction, destination: BorrowedFd<'_>) -> Step {
         direction.moved_out += moved as u64;
     }
     result
+}
+
+/// Ring mode: returns a splice into the direction's pipe when one may start,
+/// taking a pipe from the pool when the direction has none.
+fn fill_request(
+    direction: &mut Direction,
+    source: RawFd,
+    pool: &mut PipePool,
+) -> io::Result<Option<SpliceRequest>> {
+    if direction.filling
+        || direction.source_eof
+        || direction.fill_wait != FillWait::Ready
+        || direction.room() == 0
+    {
+        return Ok(None);
+    }
+    if direction.pipe.is_none() {
+        direction.pipe = Some(pool.take()?);
+    }
+    let len = u32::try_from(direction.room()).unwrap_or(u32::MAX);
+    let pipe = direction.pipe.as_ref().expect("a pipe was just taken");
+    direction.filling = true;
+    direction.fill_len = len;
+    Ok(Some(SpliceRequest {
+        fd_in: source,
+        fd_out: pipe.write.as_raw_fd(),
+        len,
+        flags: RING_SPLICE_FLAGS,
+    }))
+}
+
+/// Ring mode: returns a splice of the bytes in the direction's pipe to
+/// `destination` when one may start.
+fn drain_request(direction: &mut Direction, destination: RawFd) -> Option<SpliceRequest> {
+    if direction.draining || direction.in_pipe() == 0 || direction.drain_wait != DrainWait::Ready {
+        return None;
+    }
+    let pipe = direction.pipe.as_ref()?;
+    let len = u32::try_from(direction.in_pipe()).unwrap_or(u32::MAX);
+    direction.draining = true;
+    direction.drain_len = len;
+    Some(SpliceRequest {
+        fd_in: pipe.read.as_raw_fd(),
+        fd_out: destination,
+        len,
+        flags: RING_SPLICE_FLAGS,
+    })
+}
+
+/// Ring mode: applies the result of a splice into the direction's pipe.
+/// `control_records` makes `EINVAL` and `EIO` mean a control record from a kernel
+/// TLS socket instead of a failure.
+fn fill_done(
+    direction: &mut Direction,
+    result: Result<u32, i32>,
+    control_records: bool,
+    out: &mut Pumped,
+) -> io::Result<()> {
+    direction.filling = false;
+    match result {
+        Ok(0) => {
+            direction.source_eof = true;
+            out.active = true;
+        }
+        Ok(moved) => {
+            direction.moved_in += u64::from(moved);
+            out.active = true;
+            if moved < direction.fill_len {
+                direction.fill_wait = FillWait::Readable { posted: false };
+            }
+        }
+        Err(libc::EAGAIN) if direction.in_pipe() == 0 => {
+            direction.fill_wait = FillWait::Readable { posted: false };
+        }
+        Err(libc::EAGAIN) => direction.fill_wait = FillWait::Drain,
+        Err(libc::EINVAL | libc::EIO) if control_records => {
+            direction.fill_wait = FillWait::Record;
+        }
+        Err(errno) => return Err(io::Error::from_raw_os_error(errno)),
+    }
+    Ok(())
+}
+
+/// Ring mode: applies the result of a splice out of the direction's pipe and
+/// returns the bytes it moved.
+fn drain_done(direction: &mut Direction, result: Result<u32, i32>) -> io::Result<usize> {
+    direction.draining = false;
+    match result {
+        Ok(moved) if moved > 0 => {
+            direction.moved_out += u64::from(moved);
+            if direction.fill_wait == FillWait::Drain {
+                direction.fill_wait = FillWait::Ready;
+            }
+            if moved < direction.drain_len {
+                direction.drain_wait = DrainWait::Writable { posted: false };
+            }
+            Ok(moved as usize)
+        }
+        // Zero bytes from a pipe that contains bytes is treated as `EAGAIN`.
+        Ok(_) | Err(libc::EAGAIN) => {
+            direction.drain_wait = DrainWait::Writable { posted: false };
+            Ok(0)
+        }
+        Err(errno) => Err(io::Error::from_raw_os_error(errno)),
+    }
+}
+
+/// Ring mode: requests the polls a direction waits for that are not posted yet.
+fn request_polls(
+    direction: &mut Direction,
+    source_readable: &mut bool,
+    destination_writable: &mut bool,
+) {
+    if direction.fill_wait == (FillWait::Readable { posted: false }) {
+        direction.fill_wait = FillWait::Readable { posted: true };
+        *source_readable = true;
+    }
+    if direction.drain_wait == (DrainWait::Writable { posted: false }) {
+        direction.drain_wait = DrainWait::Writable { posted: true };
+        *destination_writable = true;
+    }
+}
+
+/// Ring mode: a posted poll that is no longer in flight has completed, so the
+/// splice that waited for it may run again.
+fn settle_polls(direction: &mut Direction, source_polling: bool, destination_polling: bool) {
+    if direction.fill_wait == (FillWait::Readable { posted: true }) && !source_polling {
+        direction.fill_wait = FillWait::Ready;
+    }
+    if direction.drain_wait == (DrainWait::Writable { posted: true }) && !destination_polling {
+        direction.drain_wait = DrainWait::Ready;
+    }
 }
 
 /// After a full set of rounds, requests the poll that lets the direction go on.

@@ -124,6 +124,7 @@ pub fn probe_io_uring() -> Result<(), RunError> {
         entries: 8,
         buffers: 8,
         buffer_size: 64,
+        io_workers: None,
     })
     .map(drop)
     .map_err(RunError::IoUringUnavailable)
@@ -487,6 +488,7 @@ fn run_workers(
             restricted_ring: false,
             // Keys are local without privilege separation: signing needs no wait.
             suspend_signing: false,
+            splice: global.splice,
         };
         let services = services.clone();
         let shared = shared.clone();

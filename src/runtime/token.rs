@@ -34,10 +34,15 @@ pub enum Kind {
     /// operation, but it counts as one in flight: the TLS session is lent to the
     /// step until it finishes.
     HandshakeStep = 16,
+    /// `IORING_OP_SPLICE` requests of the kernel TLS relay in ring mode.
+    ClientToPipe = 17,
+    PipeToBackend = 18,
+    BackendToPipe = 19,
+    PipeToClient = 20,
 }
 
 impl Kind {
-    const ALL: [Kind; 16] = [
+    const ALL: [Kind; 20] = [
         Kind::Accept,
         Kind::Tick,
         Kind::Wake,
@@ -54,6 +59,10 @@ impl Kind {
         Kind::BackendWritable,
         Kind::KeyReply,
         Kind::HandshakeStep,
+        Kind::ClientToPipe,
+        Kind::PipeToBackend,
+        Kind::BackendToPipe,
+        Kind::PipeToClient,
     ];
 
     /// Returns the bit of this kind in a connection's set of operations in flight.

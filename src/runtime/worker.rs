@@ -19,10 +19,11 @@ use socket2::{Domain, SockAddr, SockRef, Socket, Type};
 use super::conn::{Conn, Phase};
 use super::token::{next_generation, Kind, Token};
 use super::{Service, Shared};
-use crate::config::Address;
+use crate::config::{Address, SpliceMode};
 use crate::log::{CloseReason, ConnectionRecord};
 use crate::metrics::{HandshakeFailure, WorkerMetrics};
 use crate::privsep::signer::SIGN_TIMEOUT;
+use crate::relay::splice::RING_IO_WORKERS;
 use crate::relay::{DataPath, PipePool, UserspaceRelay};
 use crate::sys::ring::{Completion, Op, Ring, RingConfig};
 use crate::tls::TlsSession;
@@ -47,6 +48,8 @@ pub struct WorkerConfig {
     /// Run the handshake steps that may sign as coroutines that suspend while
     /// the key process signs.
     pub suspend_signing: bool,
+    /// Splice mode of the kernel TLS relay (the `splice` option).
+    pub splice: SpliceMode,
 }
 
 enum Slot {
@@ -78,6 +81,7 @@ pub struct Worker {
     pool: Vec<Vec<u8>>,
     /// Empty pipes for the kernel TLS relay.
     pipes: PipePool,
+    splice_mode: SpliceMode,
     shutdown_timeout: Duration,
     stop_deadline: Option<Instant>,
     metrics: WorkerMetrics,
@@ -115,6 +119,7 @@ impl Worker {
             entries: 1024,
             buffers: 256,
             buffer_size: 16 * 1024,
+            io_workers: (config.splice == SpliceMode::Ring).then_some(RING_IO_WORKERS),
         };
         let ring = if config.restricted_ring {
             Ring::new_restricted(ring_config)?
@@ -146,6 +151,7 @@ impl Worker {
             starved: Vec::new(),
             pool: Vec::new(),
             pipes: PipePool::new(PIPE_POOL_MAX),
+            splice_mode: config.splice,
             shutdown_timeout: config.shutdown_timeout,
             stop_deadline: None,
             metrics: config.metrics,
@@ -518,6 +524,9 @@ impl Worker {
             | Kind::ClientWritable
             | Kind::BackendReadable
             | Kind::BackendWritable => self.drive(slot),
+            Kind::ClientToPipe | Kind::PipeToBackend | Kind::BackendToPipe | Kind::PipeToClient => {
+                self.on_splice_done(slot, token.kind, completion.result)
+            }
             Kind::Accept | Kind::Tick | Kind::Wake | Kind::KeyReply | Kind::HandshakeStep => {
                 unreachable!("not a connection operation")
             }

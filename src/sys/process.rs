@@ -176,6 +176,22 @@ pub fn monotonic_nanos() -> u64 {
     (now.tv_sec as u64) * 1_000_000_000 + now.tv_nsec as u64
 }
 
+/// CPU time (user plus system) of this whole process: every thread, including
+/// io-wq worker threads and threads that have exited, from
+/// CLOCK_PROCESS_CPUTIME_ID.
+pub fn process_cpu_time() -> std::time::Duration {
+    let mut used = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `used` is a live timespec that clock_gettime fills in; the clock id is
+    // a constant that every Linux kernel supports.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut used);
+    }
+    std::time::Duration::new(used.tv_sec as u64, used.tv_nsec as u32)
+}
+
 /// How a child process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitReason {

@@ -16,8 +16,9 @@ use std::time::Instant;
 use socket2::SockRef;
 
 use super::{display_addr, Slot, Worker};
+use crate::config::SpliceMode;
 use crate::log::CloseReason;
-use crate::relay::splice::{Pumped, Sockets, SpliceRelay, Wants};
+use crate::relay::splice::{Pumped, Sockets, SpliceRelay, SpliceRequest, Stage, Wants};
 use crate::relay::DataPath;
 use crate::runtime::conn::Phase;
 use crate::runtime::token::{Kind, Token};
@@ -230,9 +231,10 @@ impl Worker {
         Ok(Flow::Continue)
     }
 
-    /// Runs the splice relay and applies what it reports.
+    /// Runs the splice relay in the configured mode and applies what it reports.
     fn pump(&mut self, slot: u32) -> io::Result<Flow> {
         let support = kernel::probe();
+        let mode = self.splice_mode;
         let Slot::Used(conn) = &mut self.slots[slot as usize] else {
             unreachable!("slot {slot} is free")
         };
@@ -244,7 +246,54 @@ impl Worker {
             backend: backend.as_fd(),
         };
         let up_paused = !conn.relay.to_backend.is_empty() || conn.is_inflight(Kind::BackendSend);
+        let polling = Wants {
+            client_readable: conn.is_inflight(Kind::ClientReadable),
+            client_writable: conn.is_inflight(Kind::ClientWritable),
+            backend_readable: conn.is_inflight(Kind::BackendReadable),
+            backend_writable: conn.is_inflight(Kind::BackendWritable),
+        };
         let splice = conn.splice.as_mut().expect("the caller checked the relay");
+        let pumped = match mode {
+            SpliceMode::Direct => splice.pump(sockets, &mut self.pipes, support, up_paused),
+            SpliceMode::Ring => {
+                splice.pump_ring(sockets, &mut self.pipes, support, up_paused, polling)
+            }
+        };
+        self.apply_pumped(slot, pumped)
+    }
+
+    /// Ring mode: passes a splice completion to the relay, then drives the
+    /// connection on.
+    pub(super) fn on_splice_done(
+        &mut self,
+        slot: u32,
+        kind: Kind,
+        result: Result<u32, i32>,
+    ) -> io::Result<()> {
+        let stage = match kind {
+            Kind::ClientToPipe => Stage::ClientToPipe,
+            Kind::PipeToBackend => Stage::PipeToBackend,
+            Kind::BackendToPipe => Stage::BackendToPipe,
+            Kind::PipeToClient => Stage::PipeToClient,
+            _ => unreachable!("{kind:?} is not a splice"),
+        };
+        let Slot::Used(conn) = &mut self.slots[slot as usize] else {
+            unreachable!("slot {slot} is free")
+        };
+        let splice = conn
+            .splice
+            .as_mut()
+            .expect("a splice completed for a connection without a splice relay");
+        let pumped = splice.splice_done(stage, result, &mut self.pipes);
+        if self.apply_pumped(slot, pumped)? == Flow::Stopped {
+            return Ok(());
+        }
+        self.drive(slot)
+    }
+
+    /// Applies what one relay step reports: byte counts, finished directions,
+    /// the end of the connection, and the polls and splices to submit.
+    fn apply_pumped(&mut self, slot: u32, pumped: Pumped) -> io::Result<Flow> {
         let Pumped {
             up,
             down,
@@ -254,8 +303,11 @@ impl Worker {
             down_finished,
             plaintext,
             end,
-        } = splice.pump(sockets, &mut self.pipes, support, up_paused);
-
+            splices,
+        } = pumped;
+        let Slot::Used(conn) = &mut self.slots[slot as usize] else {
+            unreachable!("slot {slot} is free")
+        };
         let now = Instant::now();
         if active || up_finished || down_finished {
             conn.last_activity = now;
@@ -302,7 +354,36 @@ impl Worker {
             return Ok(Flow::Stopped);
         }
         self.post_polls(slot, wants)?;
+        self.submit_splices(slot, splices)?;
         Ok(Flow::Continue)
+    }
+
+    /// Ring mode: submits the splices the relay requested.
+    fn submit_splices(&mut self, slot: u32, splices: [Option<SpliceRequest>; 4]) -> io::Result<()> {
+        for (stage, request) in Stage::ALL.into_iter().zip(splices) {
+            let Some(request) = request else {
+                continue;
+            };
+            let kind = match stage {
+                Stage::ClientToPipe => Kind::ClientToPipe,
+                Stage::PipeToBackend => Kind::PipeToBackend,
+                Stage::BackendToPipe => Kind::BackendToPipe,
+                Stage::PipeToClient => Kind::PipeToClient,
+            };
+            let conn = self.conn(slot);
+            conn.set_inflight(kind);
+            let tag = Token::new(kind, slot, conn.generation).encode();
+            self.ring.submit(
+                tag,
+                Op::Splice {
+                    fd_in: request.fd_in,
+                    fd_out: request.fd_out,
+                    len: request.len,
+                    flags: request.flags,
+                },
+            )?;
+        }
+        Ok(())
     }
 
     fn post_polls(&mut self, slot: u32, wants: Wants) -> io::Result<()> {
