@@ -717,6 +717,83 @@ fn throughput_per_cpu_second() {
     }
 }
 
+/// Prints the proxy's relayed MiB per CPU-second for each direction alone, on
+/// each data path: upload (the client sends and the backend discards) and
+/// download (the backend sends and the client reads). Run it in the guest with
+/// `KTLS_VM_TEST_FILTER='--ignored --nocapture one_direction' scripts/ktls-vm-test --test ktls_proxy`.
+#[test]
+#[ignore = "benchmark; prints figures instead of checking them"]
+fn one_direction_per_cpu_second() {
+    const TOTAL: usize = 32 * 1024 * 1024;
+    for ktls in ["on", "off"] {
+        if ktls == "on" && !ktls_available() {
+            continue;
+        }
+        for direction in ["upload", "download"] {
+            let dir = TempDir::new("ktls-direction");
+            let cert = test_cert(&dir);
+            let backend = if direction == "upload" {
+                // Reads to the end, then reports the byte count.
+                Backend::start(|mut stream| {
+                    let mut buf = vec![0u8; 256 * 1024];
+                    let mut count = 0u64;
+                    while let Ok(read) = stream.read(&mut buf) {
+                        if read == 0 {
+                            break;
+                        }
+                        count += read as u64;
+                    }
+                    let _ = stream.write_all(&count.to_be_bytes());
+                })
+            } else {
+                Backend::start(|mut stream| {
+                    let chunk = vec![0x5a; 256 * 1024];
+                    for _ in 0..TOTAL / chunk.len() {
+                        if stream.write_all(&chunk).is_err() {
+                            return;
+                        }
+                    }
+                })
+            };
+            let proxy = Proxy::start(&format!(
+                "{BENCHMARK_GLOBALS}{}",
+                service(&cert, &backend, ktls)
+            ));
+            let mut stream = connect(&proxy, &default_client(&cert));
+            let before = cpu_seconds(proxy.pid());
+            if direction == "upload" {
+                let chunk = vec![0xa5; 256 * 1024];
+                for _ in 0..TOTAL / chunk.len() {
+                    stream.write_all(&chunk).unwrap();
+                }
+                stream.conn.send_close_notify();
+                stream.flush().unwrap();
+                let mut count = [0u8; 8];
+                stream.read_exact(&mut count).unwrap();
+                assert_eq!(u64::from_be_bytes(count), TOTAL as u64);
+            } else {
+                let mut buf = vec![0u8; 256 * 1024];
+                let mut received = 0;
+                while received < TOTAL {
+                    let read = stream.read(&mut buf).unwrap();
+                    assert!(read > 0, "the download ended after {received} bytes");
+                    received += read;
+                }
+            }
+            drop(stream);
+            let line = proxy.wait_for_conn_lines(1)[0].clone();
+            let used = cpu_seconds(proxy.pid()) - before;
+            let moved = TOTAL as f64 / (1024.0 * 1024.0);
+            println!(
+                "{direction} ktls={ktls} path={} splice={}: {moved:.0} MiB in {used:.2} CPU-seconds, {:.1} MiB per CPU-second",
+                field(&line, "path"),
+                splice_mode_name(),
+                moved / used.max(0.01)
+            );
+        }
+    }
+}
+
 /// Prints the proxy's full TLS 1.3 handshakes per CPU-second with `ktls = on`
 /// and `ktls = off`. Each connection makes a handshake without resumption, sends
 /// one small request, reads its echo and closes with close_notify, so the
