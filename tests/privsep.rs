@@ -812,3 +812,61 @@ fn late_signature_fails_handshake() {
         proxy.output()
     );
 }
+
+/// Returns a status line's hexadecimal capability set, such as `CapEff:`.
+fn capability_set(pid: u32, key: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let value = status
+        .lines()
+        .find_map(|line| line.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key} in the status of {pid}"));
+    u64::from_str_radix(value.trim(), 16).unwrap()
+}
+
+/// Workers that stay root (no `setuid`) keep no capability, except
+/// CAP_DAC_OVERRIDE while a service connects to a Unix socket backend.
+#[test]
+fn root_workers_drop_capabilities() {
+    const DAC_OVERRIDE: u64 = 1 << 1;
+    let dir = TempDir::new("privsep-caps");
+    let cert = make_cert(&dir, "ecdsa", KeyKind::EcdsaP256, &["localhost"]);
+    let backend = Backend::echo();
+    let socket = dir.join("backend.sock");
+    let unix_backend = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+
+    let tcp_only = format!(
+        "privsep = yes\nthreads = 1\n[web]\naccept = 127.0.0.1:0\nconnect = {}\ncert = {}\nkey = {}\n",
+        backend.addr,
+        cert.cert.display(),
+        cert.key.display(),
+    );
+    let with_unix = format!(
+        "{tcp_only}[local]\naccept = 127.0.0.1:0\nconnect = {}\ncert = {}\nkey = {}\n",
+        socket.display(),
+        cert.cert.display(),
+        cert.key.display(),
+    );
+    for (config, expected) in [(tcp_only, 0), (with_unix, DAC_OVERRIDE)] {
+        let proxy = Proxy::start(&config);
+        let workers = wait_for_workers(&proxy, 1);
+        let worker = workers[0];
+        // Wait until the worker has jailed itself: its filter comes last.
+        let deadline = Instant::now() + WAIT;
+        while !std::fs::read_to_string(format!("/proc/{worker}/status"))
+            .unwrap()
+            .contains("Seccomp:\t2")
+        {
+            assert!(Instant::now() < deadline, "worker {worker} never jailed");
+            thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(capability_set(worker, "CapEff:"), expected, "{config}");
+        assert_eq!(capability_set(worker, "CapPrm:"), expected, "{config}");
+        // The parent still binds and restarts as root.
+        assert_ne!(capability_set(proxy.pid(), "CapEff:"), 0);
+
+        let client = client_config(std::slice::from_ref(&cert.der), rustls::ALL_VERSIONS);
+        let mut stream = tls_connect(proxy.addr(), &client, "localhost").unwrap();
+        echo_round_trip(&mut stream, b"no capabilities");
+    }
+    drop(unix_backend);
+}

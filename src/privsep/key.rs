@@ -89,7 +89,7 @@ pub fn run(start: KeyStart<'_>, parent: libc::pid_t) -> ! {
         Ok(loaded) => loaded,
         Err(message) => fail(&control, message),
     };
-    if let Err(err) = privileges::jail(start.root, start.ids) {
+    if let Err(err) = privileges::jail(start.root, start.ids, &[]) {
         fail(&control, format!("key process: {err}"));
     }
     // Changing the uid clears the parent-death signal, so set it again.

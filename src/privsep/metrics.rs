@@ -66,7 +66,7 @@ pub fn run(start: MetricsStart, parent: libc::pid_t, mut ready: io::PipeWriter) 
         Ok(true) => {}
         _ => crate::sys::exit_now(1),
     }
-    if let Err(err) = privileges::jail(start.root.as_deref(), start.ids) {
+    if let Err(err) = privileges::jail(start.root.as_deref(), start.ids, &[]) {
         warning!("metrics process: {err}");
         crate::sys::exit_now(1);
     }

@@ -69,7 +69,11 @@ pub fn run(
         _ => crate::sys::exit_now(1),
     }
     let index = start.index;
-    if let Err(err) = privileges::jail(start.root.as_deref(), start.ids) {
+    if let Err(err) = privileges::jail(
+        start.root.as_deref(),
+        start.ids,
+        &worker_capabilities(&services),
+    ) {
         warning!("worker {index}: {err}");
         crate::sys::exit_now(1);
     }
@@ -219,6 +223,31 @@ const SEND_INTERVAL: Duration = Duration::from_millis(250);
 /// How long a worker waits after SIGUSR1 before it sends: a little more than
 /// the worker thread's 250 ms tick, on which it publishes.
 const PUBLISH_WAIT: Duration = Duration::from_millis(300);
+
+/// Returns the capabilities a worker that stays root keeps: CAP_NET_ADMIN for
+/// `transparent = source`, and CAP_DAC_OVERRIDE to reach Unix socket backends
+/// that only their owner's group may use. Every other capability is dropped.
+fn worker_capabilities(services: &[Service]) -> Vec<u32> {
+    use crate::sys::capability;
+    let mut keep = Vec::new();
+    if services
+        .iter()
+        .any(|service| service.config.transparent_source)
+    {
+        keep.push(capability::NET_ADMIN);
+    }
+    let unix_backend = services.iter().any(|service| {
+        let routes = service.config.sni.iter().map(|route| &route.connect);
+        std::iter::once(&service.config.connect)
+            .chain(routes)
+            .flatten()
+            .any(|address| matches!(address, crate::config::Address::Unix(_)))
+    });
+    if unix_backend {
+        keep.push(capability::DAC_OVERRIDE);
+    }
+    keep
+}
 
 /// Applies Landlock with no file allowed to this thread and the threads it starts
 /// later. `who` names the process in log lines.

@@ -71,10 +71,15 @@ pub fn drop_privileges(global: &Global) -> Result<Option<PathBuf>, PrivilegeErro
 /// Jails a privilege-separated process: chroot to `root` (if any), chdir,
 /// setgroups, setgid, setuid to `user` and `group` (if any), then no_new_privs,
 /// which is set even when nothing else changes because a seccomp filter needs it.
-/// Resolve the names with [`resolve_ids`] before the chroot hides /etc.
-pub fn jail(root: Option<&Path>, ids: Ids) -> Result<(), PrivilegeError> {
+/// A process that is still root after that drops every capability except
+/// `keep` (see [`sys::capability`]). Resolve the names with [`resolve_ids`]
+/// before the chroot hides /etc.
+pub fn jail(root: Option<&Path>, ids: Ids, keep: &[u32]) -> Result<(), PrivilegeError> {
     enter_root(root)?;
     switch_ids(ids)?;
+    if sys::geteuid() == 0 {
+        sys::drop_capabilities(keep).map_err(failed("capabilities", "capset"))?;
+    }
     sys::set_no_new_privs().map_err(failed("no_new_privs", "prctl(PR_SET_NO_NEW_PRIVS)"))
 }
 

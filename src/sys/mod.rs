@@ -162,6 +162,55 @@ pub fn set_no_new_privs() -> io::Result<()> {
     Ok(())
 }
 
+/// Capabilities a jailed process may keep, as their Linux bit numbers.
+pub mod capability {
+    /// Needed for IP_TRANSPARENT (`transparent = source`).
+    pub const NET_ADMIN: u32 = 12;
+    /// Needed to connect to a Unix socket whose permissions do not admit root
+    /// without it, as a socket owned by another user with mode 0660 does not.
+    pub const DAC_OVERRIDE: u32 = 1;
+}
+
+/// Header of the capset(2) call, version 3 (64-bit capability sets).
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+/// One 32-bit half of the capability sets of capset(2).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// Drops every capability of the calling thread except those in `keep` (see
+/// [`capability`]), from the effective, permitted and inheritable sets.
+pub fn drop_capabilities(keep: &[u32]) -> io::Result<()> {
+    let mut data = [CapData::default(); 2];
+    for &cap in keep {
+        let half = &mut data[(cap / 32) as usize];
+        let bit = 1u32 << (cap % 32);
+        half.effective |= bit;
+        half.permitted |= bit;
+    }
+    let header = CapHeader {
+        version: CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    // SAFETY: `header` is a valid version 3 header and `data` the two elements
+    // that version reads; both outlive the call, which only reads them.
+    check(unsafe {
+        libc::syscall(libc::SYS_capset, &header as *const CapHeader, data.as_ptr()) as libc::c_int
+    })?;
+    Ok(())
+}
+
 pub fn geteuid() -> libc::uid_t {
     // SAFETY: geteuid cannot fail and takes no arguments.
     unsafe { libc::geteuid() }
