@@ -282,6 +282,14 @@ fn config_errors_name_file_line_option_and_value() {
         ),
         (format!("output = /nonexistent/dir/t.log\n{head}{good_cert}"), "directory /nonexistent/dir does not exist"),
         (format!("chroot = /nonexistent/jail\n{head}{good_cert}"), "chroot = /nonexistent/jail"),
+        (
+            format!("output = /tmp/t.log\nhistogram_log = /tmp/t.log\n{head}{good_cert}"),
+            "histogram_log = /tmp/t.log: `output` on line 1 names the same file /tmp/t.log; use different files for output and histogram_log",
+        ),
+        (
+            format!("stats = 127.0.0.1:7444\n[web]\naccept = 127.0.0.1:7444\nconnect = 127.0.0.1:9\n{good_cert}"),
+            "stats = 127.0.0.1:7444: service [web] has `accept = 127.0.0.1:7444` on line 3 on the same port",
+        ),
         (format!("{head}{good_cert}TIMEOUTidle = 60 ; one minute\n"), "comments must be on their own line"),
     ];
     for (text, needle) in machine_cases {
