@@ -281,6 +281,10 @@ fn config_errors_name_file_line_option_and_value() {
             "both accept on this address",
         ),
         (format!("output = /nonexistent/dir/t.log\n{head}{good_cert}"), "directory /nonexistent/dir does not exist"),
+        (
+            format!("histogram_log = /nonexistent/dir/t.hlog\n{head}{good_cert}"),
+            "histogram_log = /nonexistent/dir/t.hlog: directory /nonexistent/dir does not exist; create it or choose another path",
+        ),
         (format!("chroot = /nonexistent/jail\n{head}{good_cert}"), "chroot = /nonexistent/jail"),
         (
             format!("output = /tmp/t.log\nhistogram_log = /tmp/t.log\n{head}{good_cert}"),
