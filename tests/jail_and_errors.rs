@@ -459,3 +459,76 @@ fn curl_through_tlsplice_to_nginx() {
     let line = &proxy.wait_for_conn_lines(1)[0];
     assert_eq!(field(line, "alpn"), "http/1.1");
 }
+
+#[test]
+fn check_counts_services_and_sni_routes() {
+    let dir = TempDir::new("check-count");
+    let cert = make_cert(&dir, "server", KeyKind::EcdsaP256, &["localhost"]);
+    let keys = format!(
+        "cert = {}\nkey = {}\n",
+        cert.cert.display(),
+        cert.key.display()
+    );
+    let service =
+        |name: &str| format!("[{name}]\naccept = 127.0.0.1:0\nconnect = 127.0.0.1:9\n{keys}");
+    let route = |name: &str, pattern: &str| format!("[{name}]\nsni = web:{pattern}\n{keys}");
+
+    let cases = [
+        (service("web"), "(1 service)"),
+        (
+            format!("{}{}", service("web"), route("www", "www.example.com")),
+            "(1 service, 1 SNI route)",
+        ),
+        (
+            format!(
+                "{}{}{}{}",
+                service("web"),
+                service("api"),
+                route("www", "www.example.com"),
+                route("shop", "shop.example.com")
+            ),
+            "(2 services, 2 SNI routes)",
+        ),
+    ];
+    for (text, expected) in cases {
+        let path = dir.write("count.conf", &text);
+        let output = Command::new(binary())
+            .arg("--check")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            stdout.contains(&format!("configuration is valid {expected}")),
+            "expected {expected:?} in {stdout:?}"
+        );
+    }
+}
+
+#[test]
+fn one_worker_logged_in_singular() {
+    let dir = TempDir::new("one-worker");
+    let cert = make_cert(&dir, "server", KeyKind::EcdsaP256, &["localhost"]);
+    let backend = Backend::echo();
+    // Privilege separation is possible only as root.
+    let modes: &[&str] = if is_root() {
+        &["privsep = no", "privsep = yes"]
+    } else {
+        &["privsep = no"]
+    };
+    for mode in modes {
+        let proxy = Proxy::start(&format!(
+            "{mode}\nthreads = 1\naccept = 127.0.0.1:0\nconnect = {}\ncert = {}\nkey = {}\n",
+            backend.addr,
+            cert.cert.display(),
+            cert.key.display()
+        ));
+        let line = proxy.wait_for_line(&[" listening on "]);
+        assert!(line.ends_with(" with 1 worker"), "{mode}: {line}");
+    }
+}
