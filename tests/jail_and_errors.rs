@@ -532,3 +532,70 @@ fn one_worker_logged_in_singular() {
         assert!(line.ends_with(" with 1 worker"), "{mode}: {line}");
     }
 }
+
+/// Returns the pids of `pid`'s children, read from every thread's list.
+fn child_pids(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return found;
+    };
+    for task in tasks.flatten() {
+        let text = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        found.extend(
+            text.split_whitespace()
+                .map(|child| child.parse::<u32>().unwrap()),
+        );
+    }
+    found
+}
+
+#[test]
+fn inherited_descriptor_closed_at_start() {
+    let dir = TempDir::new("inherited-fd");
+    let cert = make_cert(&dir, "server", KeyKind::EcdsaP256, &["localhost"]);
+    let backend = Backend::echo();
+    // Privilege separation is possible only as root; there the children are
+    // checked too.
+    let modes: &[&str] = if is_root() {
+        &["privsep = no", "privsep = yes"]
+    } else {
+        &["privsep = no"]
+    };
+    for mode in modes {
+        let config = dir.write(
+            "inherited.conf",
+            &format!(
+                "foreground = yes\nsyslog = no\n{mode}\nthreads = 2\naccept = 127.0.0.1:0\nconnect = {}\ncert = {}\nkey = {}\n",
+                backend.addr,
+                cert.cert.display(),
+                cert.key.display()
+            ),
+        );
+        // The shell opens descriptor 7 without close-on-exec, as a launching
+        // shell or supervisor may, and then becomes tlsplice.
+        let proxy = Proxy::start_command(
+            Command::new("bash")
+                .arg("-c")
+                .arg("exec 7</dev/null; exec \"$0\" \"$1\"")
+                .arg(binary())
+                .arg(&config),
+            1,
+        );
+        let mut pids = vec![proxy.pid()];
+        pids.extend(child_pids(proxy.pid()));
+        if *mode == "privsep = yes" {
+            // The key process, the metrics process and two workers.
+            assert!(pids.len() >= 5, "{mode}: processes {pids:?}");
+        }
+        for pid in pids {
+            let fd = format!("/proc/{pid}/fd/7");
+            let target = std::fs::read_link(&fd);
+            assert!(
+                target
+                    .as_ref()
+                    .map_or(true, |target| target != std::path::Path::new("/dev/null")),
+                "{mode}: {fd} -> {target:?}"
+            );
+        }
+    }
+}
