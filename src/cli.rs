@@ -119,15 +119,38 @@ fn exit_code(err: &RunError) -> u8 {
     }
 }
 
+/// Counts the services and SNI routes of `config`, such as `2 services, 1 SNI
+/// route`, so that `--check` shows that every section was read.
+fn section_summary(config: &Config) -> String {
+    let plural = |count: usize, noun: &str| {
+        let suffix = if count == 1 { "" } else { "s" };
+        format!("{count} {noun}{suffix}")
+    };
+    let services = config.services.len();
+    let routes: usize = config
+        .services
+        .iter()
+        .map(|service| service.sni.len())
+        .sum();
+    if routes == 0 {
+        plural(services, "service")
+    } else {
+        format!(
+            "{}, {}",
+            plural(services, "service"),
+            plural(routes, "SNI route")
+        )
+    }
+}
+
 fn run(cli: Cli) -> Result<(), RunError> {
     if let Some(path) = &cli.check {
         let config = crate::config::parse_file(path)?;
         runtime::load_services(&config)?;
         println!(
-            "{}: configuration is valid ({} service{})",
+            "{}: configuration is valid ({})",
             path.display(),
-            config.services.len(),
-            if config.services.len() == 1 { "" } else { "s" }
+            section_summary(&config)
         );
         return Ok(());
     }

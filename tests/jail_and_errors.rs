@@ -281,7 +281,19 @@ fn config_errors_name_file_line_option_and_value() {
             "both accept on this address",
         ),
         (format!("output = /nonexistent/dir/t.log\n{head}{good_cert}"), "directory /nonexistent/dir does not exist"),
+        (
+            format!("histogram_log = /nonexistent/dir/t.hlog\n{head}{good_cert}"),
+            "histogram_log = /nonexistent/dir/t.hlog: directory /nonexistent/dir does not exist; create it or choose another path",
+        ),
         (format!("chroot = /nonexistent/jail\n{head}{good_cert}"), "chroot = /nonexistent/jail"),
+        (
+            format!("output = /tmp/t.log\nhistogram_log = /tmp/t.log\n{head}{good_cert}"),
+            "histogram_log = /tmp/t.log: `output` on line 1 names the same file /tmp/t.log; use different files for output and histogram_log",
+        ),
+        (
+            format!("stats = 127.0.0.1:7444\n[web]\naccept = 127.0.0.1:7444\nconnect = 127.0.0.1:9\n{good_cert}"),
+            "stats = 127.0.0.1:7444: service [web] has `accept = 127.0.0.1:7444` on line 3 on the same port",
+        ),
         (format!("{head}{good_cert}TIMEOUTidle = 60 ; one minute\n"), "comments must be on their own line"),
     ];
     for (text, needle) in machine_cases {
@@ -446,4 +458,144 @@ fn curl_through_tlsplice_to_nginx() {
     );
     let line = &proxy.wait_for_conn_lines(1)[0];
     assert_eq!(field(line, "alpn"), "http/1.1");
+}
+
+#[test]
+fn check_counts_services_and_sni_routes() {
+    let dir = TempDir::new("check-count");
+    let cert = make_cert(&dir, "server", KeyKind::EcdsaP256, &["localhost"]);
+    let keys = format!(
+        "cert = {}\nkey = {}\n",
+        cert.cert.display(),
+        cert.key.display()
+    );
+    let service =
+        |name: &str| format!("[{name}]\naccept = 127.0.0.1:0\nconnect = 127.0.0.1:9\n{keys}");
+    let route = |name: &str, pattern: &str| format!("[{name}]\nsni = web:{pattern}\n{keys}");
+
+    let cases = [
+        (service("web"), "(1 service)"),
+        (
+            format!("{}{}", service("web"), route("www", "www.example.com")),
+            "(1 service, 1 SNI route)",
+        ),
+        (
+            format!(
+                "{}{}{}{}",
+                service("web"),
+                service("api"),
+                route("www", "www.example.com"),
+                route("shop", "shop.example.com")
+            ),
+            "(2 services, 2 SNI routes)",
+        ),
+    ];
+    for (text, expected) in cases {
+        let path = dir.write("count.conf", &text);
+        let output = Command::new(binary())
+            .arg("--check")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            stdout.contains(&format!("configuration is valid {expected}")),
+            "expected {expected:?} in {stdout:?}"
+        );
+    }
+}
+
+#[test]
+fn one_worker_logged_in_singular() {
+    let dir = TempDir::new("one-worker");
+    let cert = make_cert(&dir, "server", KeyKind::EcdsaP256, &["localhost"]);
+    let backend = Backend::echo();
+    // Privilege separation is possible only as root.
+    let modes: &[&str] = if is_root() {
+        &["privsep = no", "privsep = yes"]
+    } else {
+        &["privsep = no"]
+    };
+    for mode in modes {
+        let proxy = Proxy::start(&format!(
+            "{mode}\nthreads = 1\naccept = 127.0.0.1:0\nconnect = {}\ncert = {}\nkey = {}\n",
+            backend.addr,
+            cert.cert.display(),
+            cert.key.display()
+        ));
+        let line = proxy.wait_for_line(&[" listening on "]);
+        assert!(line.ends_with(" with 1 worker"), "{mode}: {line}");
+    }
+}
+
+/// Returns the pids of `pid`'s children, read from every thread's list.
+fn child_pids(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return found;
+    };
+    for task in tasks.flatten() {
+        let text = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        found.extend(
+            text.split_whitespace()
+                .map(|child| child.parse::<u32>().unwrap()),
+        );
+    }
+    found
+}
+
+#[test]
+fn inherited_descriptor_closed_at_start() {
+    let dir = TempDir::new("inherited-fd");
+    let cert = make_cert(&dir, "server", KeyKind::EcdsaP256, &["localhost"]);
+    let backend = Backend::echo();
+    // Privilege separation is possible only as root; there the children are
+    // checked too.
+    let modes: &[&str] = if is_root() {
+        &["privsep = no", "privsep = yes"]
+    } else {
+        &["privsep = no"]
+    };
+    for mode in modes {
+        let config = dir.write(
+            "inherited.conf",
+            &format!(
+                "foreground = yes\nsyslog = no\n{mode}\nthreads = 2\naccept = 127.0.0.1:0\nconnect = {}\ncert = {}\nkey = {}\n",
+                backend.addr,
+                cert.cert.display(),
+                cert.key.display()
+            ),
+        );
+        // The shell opens descriptor 7 without close-on-exec, as a launching
+        // shell or supervisor may, and then becomes tlsplice.
+        let proxy = Proxy::start_command(
+            Command::new("bash")
+                .arg("-c")
+                .arg("exec 7</dev/null; exec \"$0\" \"$1\"")
+                .arg(binary())
+                .arg(&config),
+            1,
+        );
+        let mut pids = vec![proxy.pid()];
+        pids.extend(child_pids(proxy.pid()));
+        if *mode == "privsep = yes" {
+            // The key process, the metrics process and two workers.
+            assert!(pids.len() >= 5, "{mode}: processes {pids:?}");
+        }
+        for pid in pids {
+            let fd = format!("/proc/{pid}/fd/7");
+            let target = std::fs::read_link(&fd);
+            assert!(
+                target
+                    .as_ref()
+                    .map_or(true, |target| target != std::path::Path::new("/dev/null")),
+                "{mode}: {fd} -> {target:?}"
+            );
+        }
+    }
 }

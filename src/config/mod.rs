@@ -4,6 +4,7 @@
 //! trusts a `Config`: addresses are resolved, numbers are in range, and each service
 //! has at least one certificate and a backend.
 
+mod conflicts;
 mod error;
 mod flags;
 mod options;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use rustls::CipherSuite;
 
+use super::conflicts::{self, AcceptOrigin};
 use super::options::{self, Opt, Scope};
 use super::value::{self, Bound, PortZero, Resolver};
 use super::{
@@ -424,11 +425,48 @@ impl Parser {
             services[parent].sni.push(route);
         }
 
+        self.check_conflicts(&services)?;
         Ok(Config {
             source: context.file.clone(),
             global: self.global,
             services,
         })
+    }
+
+    /// Runs the checks between global options and the services' addresses.
+    fn check_conflicts(&self, services: &[Service]) -> Result<(), ConfigError> {
+        let context = &self.context;
+        let origins: HashMap<&'static str, Origin> = self
+            .defaults
+            .seen
+            .iter()
+            .map(|(option, entry)| (*option, context.origin(entry)))
+            .collect();
+        conflicts::check_file_paths(&self.global, &origins)?;
+
+        let accepts: Vec<AcceptOrigin> = services
+            .iter()
+            .map(|service| {
+                let scope = if service.name == DEFAULT_SERVICE && self.defaults.accept.is_some() {
+                    &self.defaults
+                } else {
+                    self.sections
+                        .iter()
+                        .find(|section| section.name == service.name)
+                        .expect("every service comes from a section or the global part")
+                };
+                AcceptOrigin {
+                    service: &service.name,
+                    address: &service.accept,
+                    origin: scope
+                        .seen
+                        .get("accept")
+                        .map(|entry| context.origin(entry))
+                        .unwrap_or_default(),
+                }
+            })
+            .collect();
+        conflicts::check_stats_address(&self.global, origins.get("stats"), &accepts)
     }
 }
 

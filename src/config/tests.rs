@@ -1286,6 +1286,124 @@ fn parse_file_missing_file() {
 }
 
 // ---------------------------------------------------------------------------
+// Options that conflict with each other
+
+#[test]
+fn output_and_histogram_log_same_file_rejected() {
+    let dir = TempDir::new();
+    assert_eq!(
+        line5_error("output = /var/log/t.log\nhistogram_log = /var/log/t.log"),
+        format!(
+            "{FILE}:6: histogram_log = /var/log/t.log: `output` on line 5 names the same file /var/log/t.log; use different files for output and histogram_log"
+        )
+    );
+    // Another spelling of the same path is the same file.
+    let text = minimal(
+        &dir,
+        "histogram_log = /var/log/./t.log\noutput = /var//log/t.log\n",
+    );
+    assert_eq!(
+        error_text(&text),
+        format!(
+            "{FILE}:6: output = /var//log/t.log: `histogram_log` on line 5 names the same file /var//log/t.log; use different files for output and histogram_log"
+        )
+    );
+}
+
+#[test]
+fn pid_same_file_as_log_rejected() {
+    assert_eq!(
+        line5_error("pid = /run/t.pid\noutput = /run/t.pid"),
+        format!(
+            "{FILE}:6: output = /run/t.pid: `pid` on line 5 names the same file /run/t.pid; use different files for output and pid"
+        )
+    );
+    assert_eq!(
+        line5_error("histogram_log = /run/t.pid\npid = /run/t.pid"),
+        format!(
+            "{FILE}:6: pid = /run/t.pid: `histogram_log` on line 5 names the same file /run/t.pid; use different files for histogram_log and pid"
+        )
+    );
+    // The pid file is written inside the chroot; the log is opened outside it.
+    assert_eq!(
+        line5_error("chroot = /var/jail\npid = /t.pid\noutput = /var/jail/t.pid"),
+        format!(
+            "{FILE}:7: output = /var/jail/t.pid: `pid` on line 6 names the same file /var/jail/t.pid; use different files for output and pid"
+        )
+    );
+}
+
+#[test]
+fn distinct_files_accepted() {
+    let dir = TempDir::new();
+    let text = minimal(
+        &dir,
+        "output = /var/log/t.log\nhistogram_log = /var/log/t.hlog\npid = /run/t.pid\n",
+    );
+    parse(&text).unwrap();
+    // With a chroot, `pid = /t.log` is /var/jail/t.log, not the log file.
+    let text = minimal(&dir, "chroot = /var/jail\npid = /t.log\noutput = /t.log\n");
+    parse(&text).unwrap();
+}
+
+#[test]
+fn stats_on_accept_address_rejected() {
+    let dir = TempDir::new();
+    let certs = format!(
+        "cert = {}\nkey = {}\n",
+        dir.file("server.crt"),
+        dir.file("server.key")
+    );
+    let text = format!(
+        "stats = 127.0.0.1:19443\n[web]\naccept = 127.0.0.1:19443\nconnect = 127.0.0.1:8080\n{certs}"
+    );
+    assert_eq!(
+        error_text(&text),
+        format!(
+            "{FILE}:1: stats = 127.0.0.1:19443: service [web] has `accept = 127.0.0.1:19443` on line 3 on the same port; give stats and accept different ports or addresses"
+        )
+    );
+
+    // A bare-port accept listens on [::], which covers 127.0.0.1 too.
+    assert_eq!(
+        line5_error("stats = 8443"),
+        format!(
+            "{FILE}:5: stats = 127.0.0.1:8443: service [default] has `accept = [::]:8443` on line 1 on the same port; give stats and accept different ports or addresses"
+        )
+    );
+
+    // A wildcard stats address covers the service's address.
+    let text = format!(
+        "stats = 0.0.0.0:19443\n[api]\naccept = 127.0.0.1:19443\nconnect = 127.0.0.1:8080\n{certs}"
+    );
+    assert!(
+        error_text(&text).contains("service [api] has `accept = 127.0.0.1:19443` on line 3"),
+        "{}",
+        error_text(&text)
+    );
+}
+
+#[test]
+fn stats_on_other_port_accepted() {
+    let dir = TempDir::new();
+    let certs = format!(
+        "cert = {}\nkey = {}\n",
+        dir.file("server.crt"),
+        dir.file("server.key")
+    );
+    for (stats, accept) in [
+        ("127.0.0.1:9100", "127.0.0.1:19443"),
+        ("127.0.0.2:19443", "127.0.0.1:19443"),
+        ("[::1]:19443", "0.0.0.0:19443"),
+        ("127.0.0.1:0", "127.0.0.1:0"),
+    ] {
+        let text =
+            format!("stats = {stats}\n[web]\naccept = {accept}\nconnect = 127.0.0.1:8080\n{certs}");
+        assert!(parse(&text).is_ok(), "stats = {stats}, accept = {accept}");
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Command-line flags
 
 fn flags(accept: &str, connect: &str) -> Flags {

@@ -511,9 +511,10 @@ impl Parent<'_> {
         }
         for service in self.services.iter() {
             notice!(
-                "service {} listening on {} with {count} workers",
+                "service {} listening on {} with {count} worker{}",
                 service.name,
-                crate::runtime::worker::display_address(&service.config.accept)
+                crate::runtime::worker::display_address(&service.config.accept),
+                if count == 1 { "" } else { "s" }
             );
             if service.tls.self_signed {
                 warning!(

@@ -262,11 +262,17 @@ fn check_environment(config: &Config) -> Result<(), ConfigError> {
             .filter(|parent| !parent.as_os_str().is_empty())
             .map(std::path::Path::to_path_buf)
     };
-    if let Some(output) = &global.output {
-        if let Some(parent) = directory_of(output).filter(|parent| !parent.is_dir()) {
+    // Both files are opened before chroot, so their paths are outside the jail.
+    let log_files = [
+        ("output", &global.output),
+        ("histogram_log", &global.histogram_log),
+    ];
+    for (option, path) in log_files {
+        let Some(path) = path else { continue };
+        if let Some(parent) = directory_of(path).filter(|parent| !parent.is_dir()) {
             return Err(error(
-                "output",
-                output.display().to_string(),
+                option,
+                path.display().to_string(),
                 format!(
                     "directory {} does not exist; create it or choose another path",
                     parent.display()

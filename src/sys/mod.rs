@@ -1,6 +1,7 @@
 //! The syscall layer: every `unsafe` block in tlsplice is in this module, and each
 //! states the invariant it relies on in a `// SAFETY:` comment.
 
+pub mod fd;
 pub mod ktls;
 pub mod landlock;
 pub mod process;
