@@ -774,6 +774,98 @@ fn metrics_survive_worker_kill() {
     );
 }
 
+/// Polls /stats.json until the total counters satisfy `done`; returns them.
+/// `expected` describes the condition in the failure message.
+fn wait_for_counters(
+    stats: SocketAddr,
+    expected: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let json: serde_json::Value =
+            serde_json::from_str(&stats_get(stats, "/stats.json")).unwrap();
+        let counters = &json["total"]["counters"];
+        if done(counters) {
+            return counters.clone();
+        }
+        assert!(Instant::now() < deadline, "expected {expected}: {json}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Sends SIGKILL to each of `pids` and waits until the parent has replaced them.
+fn kill_workers(proxy: &Proxy, pids: &[u32]) -> Vec<u32> {
+    for pid in pids {
+        assert!(Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success());
+    }
+    for pid in pids {
+        proxy.wait_for_line(&[&format!("(pid {pid}) was killed by signal 9 (SIGKILL)")]);
+    }
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let after = wait_for_workers(proxy, pids.len());
+        if !after.iter().any(|pid| pids.contains(pid)) {
+            return after;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "workers {pids:?} were not replaced"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn killed_workers_connections_count_closed() {
+    let dir = TempDir::new("privsep-metrics-open");
+    let cert = make_cert(&dir, "ecdsa", KeyKind::EcdsaP256, &["localhost"]);
+    let backend = Backend::echo();
+    let mut proxy = Proxy::start(&metrics_config(&cert, &backend, ""));
+    let stats = stats_address(&proxy);
+    let workers = wait_for_workers(&proxy, 2);
+
+    let config = client_config(std::slice::from_ref(&cert.der), rustls::ALL_VERSIONS);
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        let mut stream = tls_connect(proxy.addr(), &config, "localhost").unwrap();
+        echo_round_trip(&mut stream, &[b'o'; ECHOED]);
+        open.push(stream);
+    }
+    wait_for_counters(stats, "4 accepted and 4 active", |counters| {
+        counters["accepted"] == 4 && counters["active"] == 4
+    });
+
+    kill_workers(&proxy, &workers);
+    let counters = wait_for_counters(stats, "no active connection", |counters| {
+        counters["active"] == 0
+    });
+    assert_eq!(counters["accepted"], 4, "{counters}");
+    assert_eq!(counters["closed"]["internal-error"], 4, "{counters}");
+    let exposition = stats_get(stats, "/metrics");
+    assert!(
+        exposition
+            .lines()
+            .any(|line| line == "tlsplice_connections_active{service=\"web\"} 0"),
+        "{exposition}"
+    );
+    drop(open);
+
+    proxy.signal(libc::SIGTERM);
+    assert!(proxy.wait_exit().success());
+    let output = proxy.output();
+    assert!(
+        output
+            .iter()
+            .any(|line| line.contains("stats: all services: accepted 4, active 0,")),
+        "{output:#?}"
+    );
+}
+
 /// A signature that does not come back within the worker's deadline fails that
 /// handshake, and the worker process stays up.
 #[test]

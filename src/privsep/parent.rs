@@ -4,7 +4,7 @@
 //! | peer | channel | receives | sends |
 //! | --- | --- | --- | --- |
 //! | key process | control socket pair; SIGCHLD | key descriptions at start-up | nothing; closing the pair stops it |
-//! | metrics process | readiness pipe; SIGCHLD | one byte once jailed | SIGUSR1, SIGTERM to finish |
+//! | metrics process | readiness pipe; SIGCHLD; socket pair N | one byte once jailed | SIGUSR1, SIGTERM to finish; on pair N, the pid of each exited worker of slot N |
 //! | worker N | readiness pipe; SIGCHLD | one byte once serving | SIGUSR1, SIGTERM to drain |
 //! | operator | signals | SIGTERM, SIGINT, SIGHUP, SIGUSR1 | log lines |
 //!
@@ -25,7 +25,9 @@ use rustls::sign::CertifiedKey;
 
 use super::key::{self, KeyStart};
 use super::metrics::{self as metrics_process, MetricsStart};
-use super::protocol::{KeyDescription, StartupMessage, MAX_KEY_DESCRIPTION, MAX_METRICS_PACKET};
+use super::protocol::{
+    encode_worker_exited, KeyDescription, StartupMessage, MAX_KEY_DESCRIPTION, MAX_METRICS_PACKET,
+};
 use super::signer::RemoteKey;
 use super::worker::{self, WorkerStart};
 use crate::config::{Config, ConfigError, Global};
@@ -42,6 +44,8 @@ const QUICK_DEATH: Duration = Duration::from_secs(1);
 const MAX_RESTART_DELAY: Duration = Duration::from_secs(32);
 /// Time a stopping worker gets beyond `TIMEOUTshutdown` before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
+/// Attempts, 10 ms apart, to queue a worker's exit notice for the metrics process.
+const EXIT_NOTICE_TRIES: usize = 50;
 /// Time the metrics process gets at shutdown to log its summary before SIGKILL.
 const METRICS_STOP: Duration = Duration::from_secs(5);
 
@@ -75,8 +79,8 @@ struct Parent<'a> {
     /// `None` once the metrics process has exited.
     metrics_pid: Option<libc::pid_t>,
     control: Option<OwnedFd>,
-    /// Workers replaced on SIGHUP that are still draining.
-    draining: Vec<libc::pid_t>,
+    /// Workers replaced on SIGHUP that are still draining, with their slot index.
+    draining: Vec<(libc::pid_t, usize)>,
 }
 
 /// Runs the parent: starts the key process and the workers, then supervises them
@@ -299,6 +303,11 @@ fn start_metrics_process(
         socket2::SockRef::from(&worker_end)
             .set_send_buffer_size(2 * MAX_METRICS_PACKET)
             .map_err(io_error("cannot size a metrics socket's send buffer"))?;
+        // The kernel then attaches the sender's pid to each packet, so the
+        // metrics process can tell the workers' deltas from the parent's notices.
+        socket2::SockRef::from(&metrics_end)
+            .set_passcred(true)
+            .map_err(io_error("cannot set SO_PASSCRED on a metrics socket"))?;
         worker_ends.push(worker_end);
         metrics_ends.push(metrics_end);
     }
@@ -637,7 +646,7 @@ impl Parent<'_> {
                 continue;
             };
             let _ = process::kill(old, libc::SIGTERM);
-            self.draining.push(old);
+            self.draining.push((old, index));
             if let Err(err) = self.start_worker(index, false, &mut None) {
                 warning!("{err}");
                 self.workers[index].restart_at = Some(Instant::now() + QUICK_DEATH);
@@ -648,9 +657,10 @@ impl Parent<'_> {
 
     fn on_worker_exit(&mut self, pid: libc::pid_t, reason: ExitReason) {
         let Some(index) = self.workers.iter().position(|slot| slot.pid == Some(pid)) else {
-            self.draining.retain(|draining| *draining != pid);
+            self.on_draining_exit(pid);
             return;
         };
+        self.report_worker_exit(index, pid);
         let slot = &mut self.workers[index];
         slot.pid = None;
         let now = Instant::now();
@@ -706,7 +716,8 @@ impl Parent<'_> {
         while self.workers.iter().any(|slot| slot.pid.is_some()) || !self.draining.is_empty() {
             if !killed && Instant::now() >= deadline {
                 let pids = self.workers.iter().filter_map(|slot| slot.pid);
-                for pid in pids.chain(self.draining.iter().copied()) {
+                let draining = self.draining.iter().map(|(pid, _)| *pid);
+                for pid in pids.chain(draining) {
                     warning!("worker pid {pid} did not stop in time; sending SIGKILL");
                     let _ = process::kill(pid, libc::SIGKILL);
                 }
@@ -718,11 +729,10 @@ impl Parent<'_> {
                     warning!("the metrics process (pid {pid}) exited before the workers");
                     self.metrics_pid = None;
                 }
-                self.draining.retain(|draining| *draining != pid);
-                for slot in &mut self.workers {
-                    if slot.pid == Some(pid) {
-                        slot.pid = None;
-                    }
+                self.on_draining_exit(pid);
+                if let Some(index) = self.workers.iter().position(|slot| slot.pid == Some(pid)) {
+                    self.workers[index].pid = None;
+                    self.report_worker_exit(index, pid);
                 }
             }
         }
@@ -735,6 +745,48 @@ impl Parent<'_> {
 }
 
 impl Parent<'_> {
+    /// Forgets draining worker `pid`, if it is one, and reports its exit.
+    fn on_draining_exit(&mut self, pid: libc::pid_t) {
+        let Some(at) = self
+            .draining
+            .iter()
+            .position(|(draining, _)| *draining == pid)
+        else {
+            return;
+        };
+        let (_, index) = self.draining.swap_remove(at);
+        self.report_worker_exit(index, pid);
+    }
+
+    /// Tells the metrics process that worker process `pid` of slot `index` has
+    /// exited, on the slot's socket pair, so the notice arrives after everything
+    /// the process sent. The metrics process then counts the connections that the
+    /// process left open as closed, because the kernel closed them when it ended.
+    fn report_worker_exit(&self, index: usize, pid: libc::pid_t) {
+        let Some(link) = &self.workers[index].metrics_link else {
+            return;
+        };
+        if self.metrics_pid.is_none() {
+            return;
+        }
+        let notice = encode_worker_exited(pid);
+        // A full queue means the metrics process is behind. It reads quickly, so
+        // short retries (500 ms at most) suffice and keep the parent responsive.
+        for _ in 0..EXIT_NOTICE_TRIES {
+            match process::try_send_packet(link, &notice) {
+                Ok(true) => return,
+                Ok(false) => process::pause(Duration::from_millis(10)),
+                Err(err) => {
+                    warning!("cannot tell the metrics process that worker {index} (pid {pid}) exited: {err}");
+                    return;
+                }
+            }
+        }
+        warning!(
+            "cannot tell the metrics process that worker {index} (pid {pid}) exited: its queue stayed full; tlsplice_connections_active keeps counting that process's connections"
+        );
+    }
+
     /// Closes the parent's ends of the metrics socket pairs, so the metrics
     /// process reads end of file once it has the workers' last deltas, then sends
     /// it SIGTERM and waits for it to log the summary and exit.

@@ -39,6 +39,11 @@
 //! Each `n` must equal the number of values of this build, and each histogram
 //! must have 3 significant digits and a lowest discernible value of 1, which
 //! bounds the memory that decoding one allocates.
+//!
+//! When a worker process exits, the parent sends kind 7 with the process's pid
+//! (4) on the same socket pair, after everything the worker sent. The metrics
+//! process accepts it only from the parent's pid, which the kernel attaches to
+//! each packet (SO_PASSCRED).
 
 use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
 use hdrhistogram::Histogram;
@@ -63,6 +68,7 @@ const KIND_KEY: u8 = 3;
 const KIND_KEYS_DONE: u8 = 4;
 const KIND_KEYS_FAILED: u8 = 5;
 const KIND_METRICS: u8 = 6;
+const KIND_WORKER_EXITED: u8 = 7;
 
 /// Largest metrics delta packet. A delta that encodes larger is split into one
 /// packet per histogram. The parent sizes the send buffer of the metrics socket
@@ -486,6 +492,28 @@ fn decode_histogram(bytes: &[u8]) -> Result<Histogram<u64>, DecodeError> {
         return Err(DecodeError::TrailingBytes(input.len()));
     }
     Ok(histogram)
+}
+
+/// Encodes the parent's notice that worker process `pid` has exited.
+pub fn encode_worker_exited(pid: libc::pid_t) -> Vec<u8> {
+    let mut out = vec![KIND_WORKER_EXITED];
+    out.extend_from_slice(&(pid as u32).to_le_bytes());
+    out
+}
+
+/// Decodes the parent's notice that a worker process has exited; returns its pid.
+pub fn decode_worker_exited(packet: &[u8]) -> Result<libc::pid_t, DecodeError> {
+    let mut reader = Reader { bytes: packet };
+    let kind = reader.u8()?;
+    if kind != KIND_WORKER_EXITED {
+        return Err(DecodeError::UnexpectedKind(kind));
+    }
+    let pid = reader.u32()?;
+    reader.finish()?;
+    libc::pid_t::try_from(pid)
+        .ok()
+        .filter(|pid| *pid > 0)
+        .ok_or(DecodeError::InvalidField("pid"))
 }
 
 impl StartupMessage {
@@ -919,6 +947,32 @@ mod tests {
         assert_eq!(
             SignReply::decode(&failed_with_bytes.encode()),
             Err(DecodeError::InvalidField("signature of a failed request"))
+        );
+    }
+
+    #[test]
+    fn worker_exited_round_trip_and_checks() {
+        let encoded = encode_worker_exited(4321);
+        assert_eq!(decode_worker_exited(&encoded), Ok(4321));
+        for len in 0..encoded.len() {
+            assert_eq!(
+                decode_worker_exited(&encoded[..len]),
+                Err(DecodeError::Truncated)
+            );
+        }
+        let mut longer = encoded.clone();
+        longer.push(0);
+        assert_eq!(
+            decode_worker_exited(&longer),
+            Err(DecodeError::TrailingBytes(1))
+        );
+        assert_eq!(
+            decode_worker_exited(&encode_worker_exited(0)),
+            Err(DecodeError::InvalidField("pid"))
+        );
+        assert_eq!(
+            decode_worker_exited(&[KIND_METRICS, 1, 0, 0, 0]),
+            Err(DecodeError::UnexpectedKind(KIND_METRICS))
         );
     }
 

@@ -119,6 +119,78 @@ pub fn recv_packet(fd: &OwnedFd, buf: &mut [u8], timeout: Option<Duration>) -> i
     }
 }
 
+/// Receives one packet into `buf` like [`recv_packet`] with no timeout, and
+/// returns the pid of the process that sent it. The kernel attaches the sender's
+/// pid only when `fd` has SO_PASSCRED set, so the pid is `None` on other sockets.
+pub fn recv_packet_with_sender(
+    fd: &OwnedFd,
+    buf: &mut [u8],
+) -> io::Result<(Packet, Option<libc::pid_t>)> {
+    // Room for one SCM_CREDENTIALS message, aligned as cmsghdr requires.
+    let mut control = [0u64; 8];
+    loop {
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: msghdr is plain data, and zeroed is a valid empty header.
+        let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
+        header.msg_iov = &mut iov;
+        header.msg_iovlen = 1;
+        header.msg_control = control.as_mut_ptr().cast();
+        header.msg_controllen = std::mem::size_of_val(&control) as _;
+        // SAFETY: `header` points at `iov`, which describes the live, writable
+        // `buf`, and at the live `control` array with its true size. With
+        // MSG_TRUNC the kernel writes at most `buf.len()` bytes and returns the
+        // packet's full length.
+        let received = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut header, libc::MSG_TRUNC) };
+        if received < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        let sender = sender_pid(&header);
+        let len = received as usize;
+        let packet = if len > buf.len() {
+            Packet::Truncated(len)
+        } else if len > 0 {
+            Packet::Data(len)
+        } else if peer_closed(fd)? {
+            // An empty packet also reads as 0 bytes; only a hang-up means closed.
+            Packet::Closed
+        } else {
+            Packet::Data(0)
+        };
+        return Ok((packet, sender));
+    }
+}
+
+/// Returns the pid of the SCM_CREDENTIALS message in a header that recvmsg filled.
+fn sender_pid(header: &libc::msghdr) -> Option<libc::pid_t> {
+    // SAFETY: recvmsg set `msg_control` and `msg_controllen` to the control
+    // messages it wrote into the caller's live buffer, and the CMSG macros
+    // stay within that length.
+    unsafe {
+        let mut message = libc::CMSG_FIRSTHDR(header);
+        while !message.is_null() {
+            let entry = &*message;
+            let expected_len = libc::CMSG_LEN(std::mem::size_of::<libc::ucred>() as u32) as usize;
+            if entry.cmsg_level == libc::SOL_SOCKET
+                && entry.cmsg_type == libc::SCM_CREDENTIALS
+                && entry.cmsg_len as usize >= expected_len
+            {
+                let credentials: libc::ucred =
+                    std::ptr::read_unaligned(libc::CMSG_DATA(message).cast());
+                return Some(credentials.pid);
+            }
+            message = libc::CMSG_NXTHDR(header, message);
+        }
+    }
+    None
+}
+
 /// Whether the peer of a connected socket has closed its end.
 fn peer_closed(fd: &OwnedFd) -> io::Result<bool> {
     let mut entry = libc::pollfd {
