@@ -866,6 +866,51 @@ fn killed_workers_connections_count_closed() {
     );
 }
 
+/// Waits until the interval log at `path` contains an interval line.
+fn wait_for_interval(path: &std::path::Path) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let log = std::fs::read(path).unwrap_or_default();
+        if log.windows(4).any(|window| window == b"Tag=") {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no interval in {}",
+            path.display()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn histogram_log_survives_copytruncate() {
+    let dir = TempDir::new("privsep-hlog-truncate");
+    let cert = make_cert(&dir, "ecdsa", KeyKind::EcdsaP256, &["localhost"]);
+    let backend = Backend::echo();
+    let histogram_log = dir.join("latency.hlog");
+    let extra = format!(
+        "histogram_log = {}\nhistogram_log_interval = 1\n",
+        histogram_log.display()
+    );
+    let proxy = Proxy::start(&metrics_config(&cert, &backend, &extra));
+    wait_for_workers(&proxy, 2);
+    wait_for_interval(&histogram_log);
+
+    // What logrotate's copytruncate does after copying the file.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&histogram_log)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    wait_for_interval(&histogram_log);
+
+    let log = std::fs::read(&histogram_log).unwrap();
+    assert_ne!(log[0], 0, "the log starts with a NUL byte");
+    assert!(!log.contains(&0), "the log contains NUL bytes");
+}
+
 /// A signature that does not come back within the worker's deadline fails that
 /// handshake, and the worker process stays up.
 #[test]

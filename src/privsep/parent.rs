@@ -327,7 +327,7 @@ fn start_metrics_process(
     };
     let histogram_log = match &global.histogram_log {
         Some(path) => {
-            let file = std::fs::File::create(path).map_err(|error| RunError::Io {
+            let file = crate::metrics::create_log_file(path).map_err(|error| RunError::Io {
                 action: format!("histogram_log: cannot create {}", path.display()),
                 error,
             })?;
