@@ -911,6 +911,59 @@ fn histogram_log_survives_copytruncate() {
     assert!(!log.contains(&0), "the log contains NUL bytes");
 }
 
+/// Returns the descriptors that process `pid` has open, as their link targets.
+fn open_files(pid: u32) -> Vec<String> {
+    let mut files: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| std::fs::read_link(entry.path()).ok())
+        .map(|target| target.display().to_string())
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn killed_metrics_process_is_restarted() {
+    let dir = TempDir::new("privsep-metrics-killed");
+    let cert = make_cert(&dir, "ecdsa", KeyKind::EcdsaP256, &["localhost"]);
+    let backend = Backend::echo();
+    let mut proxy = Proxy::start(&metrics_config(&cert, &backend, ""));
+    let stats = stats_address(&proxy);
+    let (metrics, workers) = wait_for_children(&proxy, 2);
+    let files_before = open_files(metrics);
+
+    let served = connect_until_each_worker_served(&proxy, &cert, &workers, 1);
+    let before: usize = served.values().sum();
+    wait_for_counts(stats, before as u64);
+
+    assert!(Command::new("kill")
+        .args(["-KILL", &metrics.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    proxy.wait_for_line(&[&format!(
+        "the metrics process (pid {metrics}) was killed by signal 9 (SIGKILL)"
+    )]);
+    proxy.wait_for_line(&["metrics process restarted as pid "]);
+    let (restarted, after) = wait_for_children(&proxy, 2);
+    assert_ne!(restarted, metrics);
+    assert_eq!(after, workers);
+    // As many descriptors as the first, so the new process did not inherit a
+    // service listener or a socket to the key process.
+    assert_eq!(open_files(restarted).len(), files_before.len());
+
+    // Totals start from zero in the new metrics process.
+    let served = connect_until_each_worker_served(&proxy, &cert, &workers, 1);
+    let new_connections: usize = served.values().sum();
+    wait_for_counts(stats, new_connections as u64);
+
+    proxy.signal(libc::SIGUSR1);
+    proxy.wait_for_line(&[&format!("stats: all services: accepted {new_connections},")]);
+    proxy.signal(libc::SIGTERM);
+    assert!(proxy.wait_exit().success());
+}
+
 /// A signature that does not come back within the worker's deadline fails that
 /// handshake, and the worker process stays up.
 #[test]

@@ -11,10 +11,12 @@
 //! It binds the listeners and the stats listener, opens the log and the
 //! histogram log, writes and removes the pid file, starts the metrics process,
 //! the key process and one process per worker, reopens the log on SIGHUP, and
-//! restarts a worker that died. It reads nothing from a worker but its
-//! readiness byte.
+//! restarts a worker or the metrics process that died. It reads nothing from a
+//! worker but its readiness byte.
 
+use std::fs::File;
 use std::io::{self, Read};
+use std::net::TcpListener;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -65,9 +67,58 @@ struct WorkerSlot {
     metrics_link: Option<OwnedFd>,
     cpu: Option<usize>,
     pid: Option<libc::pid_t>,
+    restart: Restart,
+}
+
+/// When a child process (a worker or the metrics process) started, and when to
+/// start it again after it died.
+struct Restart {
     started_at: Instant,
-    restart_delay: Duration,
-    restart_at: Option<Instant>,
+    /// The delay before the next restart after a death within [`QUICK_DEATH`].
+    delay: Duration,
+    /// `None` while the process runs, or while nothing should restart it.
+    at: Option<Instant>,
+}
+
+impl Restart {
+    fn new() -> Restart {
+        Restart {
+            started_at: Instant::now(),
+            delay: QUICK_DEATH,
+            at: None,
+        }
+    }
+
+    fn started(&mut self) {
+        self.started_at = Instant::now();
+        self.at = None;
+    }
+
+    /// Schedules the restart of a process that just died. Returns the delay when
+    /// it died within [`QUICK_DEATH`] of starting, and doubles the next delay.
+    fn schedule_after_death(&mut self) -> Option<Duration> {
+        let now = Instant::now();
+        if now.duration_since(self.started_at) < QUICK_DEATH {
+            let delay = self.delay;
+            self.at = Some(now + delay);
+            self.delay = (delay * 2).min(MAX_RESTART_DELAY);
+            Some(delay)
+        } else {
+            self.at = Some(now);
+            self.delay = QUICK_DEATH;
+            None
+        }
+    }
+
+    /// Schedules another attempt after a start that failed, and doubles the delay.
+    fn schedule_after_failed_start(&mut self) {
+        self.at = Some(Instant::now() + self.delay);
+        self.delay = (self.delay * 2).min(MAX_RESTART_DELAY);
+    }
+
+    fn is_due(&self) -> bool {
+        self.at.is_some_and(|at| at <= Instant::now())
+    }
 }
 
 struct Parent<'a> {
@@ -76,8 +127,11 @@ struct Parent<'a> {
     workers: Vec<WorkerSlot>,
     worker_ids: Ids,
     key_pid: libc::pid_t,
-    /// `None` once the metrics process has exited.
+    /// `None` once the metrics process has exited, until it restarts.
     metrics_pid: Option<libc::pid_t>,
+    /// The descriptors a restarted metrics process gets.
+    metrics: MetricsResources,
+    metrics_restart: Restart,
     control: Option<OwnedFd>,
     /// Workers replaced on SIGHUP that are still draining, with their slot index.
     draining: Vec<(libc::pid_t, usize)>,
@@ -91,34 +145,51 @@ pub fn run(config: &Config, ready: &mut Option<io::PipeWriter>) -> Result<(), Ru
     let cpus = crate::sys::allowed_cpus();
     let count = global.threads.unwrap_or_else(|| cpus.len().max(1)).max(1);
 
-    let (metrics_pid, mut metrics_links) = start_metrics_process(config, count, ready)?;
-    let result = run_with_metrics(config, count, &cpus, metrics_pid, &mut metrics_links, ready);
-    if result.is_err() && process::kill(metrics_pid, libc::SIGKILL).is_ok() {
-        wait_for(metrics_pid);
+    let (mut metrics, mut metrics_links) = create_metrics_resources(config, count)?;
+    let metrics_pid = start_metrics_process(global, &mut metrics, ready, || metrics_links.clear())?;
+    let result = run_with_metrics(
+        config,
+        count,
+        &cpus,
+        (metrics_pid, metrics),
+        &mut metrics_links,
+        ready,
+    );
+    if let Err((err, Some(metrics_pid))) = result {
+        if process::kill(metrics_pid, libc::SIGKILL).is_ok() {
+            wait_for(metrics_pid);
+        }
+        return Err(err);
     }
-    result
+    result.map_err(|(err, _)| err)
 }
 
 /// Everything of [`run`] after the metrics process started: the key process,
-/// the listeners, the pid file and the workers.
+/// the listeners, the pid file and the workers. On error, returns the pid of
+/// the metrics process as well if it still runs.
 fn run_with_metrics(
     config: &Config,
     count: usize,
     cpus: &[usize],
-    metrics_pid: libc::pid_t,
+    (metrics_pid, mut metrics): (libc::pid_t, MetricsResources),
     metrics_links: &mut Vec<OwnedFd>,
     ready: &mut Option<io::PipeWriter>,
-) -> Result<(), RunError> {
+) -> Result<(), (RunError, Option<libc::pid_t>)> {
+    let running = |err| (err, Some(metrics_pid));
     let global = &config.global;
-    let (control, key_pid, descriptions) = start_key_process(config, count, ready, metrics_links)?;
+    let (control, key_pid, descriptions) = start_key_process(config, count, ready, || {
+        metrics_links.clear();
+        metrics.close();
+    })
+    .map_err(running)?;
     let (control, key_links) = control;
-    let services = build_services(config, &descriptions)?;
-    crate::runtime::check_kernel_tls(&services)?;
+    let services = build_services(config, &descriptions).map_err(running)?;
+    crate::runtime::check_kernel_tls(&services).map_err(running)?;
 
     let mut listeners = Vec::with_capacity(services.len());
     let mut services = services;
     for service in &mut services {
-        let bound = crate::runtime::bind_listeners(service, count)?;
+        let bound = crate::runtime::bind_listeners(service, count).map_err(running)?;
         listeners.push(bound);
     }
     let mut per_worker: Vec<Vec<OwnedFd>> = (0..count).map(|_| Vec::new()).collect();
@@ -131,15 +202,15 @@ fn run_with_metrics(
     let pid_file = pid_path_outside(global);
     if let Some(path) = &pid_file {
         std::fs::write(path, format!("{}\n", std::process::id())).map_err(|error| {
-            RunError::Io {
+            running(RunError::Io {
                 action: format!("cannot write pid file {}", path.display()),
                 error,
-            }
+            })
         })?;
     }
 
     let worker_ids = privileges::resolve_ids(global.setuid.as_deref(), global.setgid.as_deref())
-        .map_err(RunError::Privileges)?;
+        .map_err(|err| running(RunError::Privileges(err)))?;
     let workers = per_worker
         .into_iter()
         .zip(key_links)
@@ -152,9 +223,7 @@ fn run_with_metrics(
                 metrics_link: Some(metrics_link),
                 cpu: (count <= cpus.len()).then(|| cpus[index]),
                 pid: None,
-                started_at: Instant::now(),
-                restart_delay: QUICK_DEATH,
-                restart_at: None,
+                restart: Restart::new(),
             },
         )
         .collect();
@@ -165,11 +234,15 @@ fn run_with_metrics(
         worker_ids,
         key_pid,
         metrics_pid: Some(metrics_pid),
+        metrics,
+        metrics_restart: Restart::new(),
         control: Some(control),
         draining: Vec::new(),
     };
 
-    let result = parent.start_and_supervise(count, ready);
+    let result = parent
+        .start_and_supervise(count, ready)
+        .map_err(|err| (err, parent.metrics_pid));
     if let Some(path) = &pid_file {
         if let Err(err) = std::fs::remove_file(path) {
             warning!("cannot remove pid file {}: {err}", path.display());
@@ -191,12 +264,12 @@ fn pid_path_outside(global: &Global) -> Option<PathBuf> {
 type KeyChannels = (OwnedFd, Vec<OwnedFd>);
 
 /// Forks the key process and reads the public parts of its keys. The key process
-/// closes its copies of `not_inherited`.
+/// calls `close_in_child` first, to close what it must not inherit.
 fn start_key_process(
     config: &Config,
     workers: usize,
     ready: &mut Option<io::PipeWriter>,
-    not_inherited: &mut Vec<OwnedFd>,
+    close_in_child: impl FnOnce(),
 ) -> Result<(KeyChannels, libc::pid_t, Vec<KeyDescription>), RunError> {
     let global = &config.global;
     let (control, key_control) =
@@ -220,7 +293,7 @@ fn start_key_process(
             drop(ready.take());
             drop(control);
             drop(worker_ends);
-            not_inherited.clear();
+            close_in_child();
             key::run(
                 KeyStart {
                     config,
@@ -284,14 +357,73 @@ fn helper_root(
     Ok((root, empty_root))
 }
 
-/// Forks the metrics process with the bound stats listener, the created
-/// histogram log and one socket pair per worker slot, and waits until it is
-/// jailed. Returns its pid and the workers' ends of the socket pairs.
-fn start_metrics_process(
+/// What the parent keeps to start the metrics process, and to start it again
+/// after it died.
+struct MetricsResources {
+    service_names: Vec<String>,
+    /// The metrics process's end of each worker slot's socket pair.
+    metrics_ends: Vec<OwnedFd>,
+    /// The bound `stats` listener.
+    stats: Option<TcpListener>,
+    /// The created `histogram_log` file and its path.
+    histogram_log: Option<(File, PathBuf)>,
+}
+
+impl MetricsResources {
+    /// Closes this process's copies of every descriptor, in a child that must
+    /// not inherit them.
+    fn close(&mut self) {
+        self.metrics_ends.clear();
+        self.stats = None;
+        self.histogram_log = None;
+    }
+
+    /// Duplicates the descriptors into the start-up state of a metrics process.
+    fn start_state(
+        &self,
+        global: &Global,
+        root: Option<PathBuf>,
+    ) -> Result<MetricsStart, RunError> {
+        let metrics_ends = self
+            .metrics_ends
+            .iter()
+            .map(OwnedFd::try_clone)
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(io_error("cannot duplicate a metrics socket"))?;
+        let stats = match &self.stats {
+            Some(listener) => Some(
+                listener
+                    .try_clone()
+                    .map_err(io_error("cannot duplicate the stats listener"))?,
+            ),
+            None => None,
+        };
+        let histogram_log = match &self.histogram_log {
+            Some((file, path)) => Some((
+                file.try_clone()
+                    .map_err(io_error("cannot duplicate the histogram log"))?,
+                path.clone(),
+            )),
+            None => None,
+        };
+        Ok(MetricsStart {
+            service_names: self.service_names.clone(),
+            workers: metrics_ends,
+            stats,
+            histogram_log,
+            histogram_log_interval: global.histogram_log_interval,
+            root,
+            ids: key_ids(global)?,
+        })
+    }
+}
+
+/// Binds the stats listener, creates the histogram log and one socket pair per
+/// worker slot. Returns them and the workers' ends of the socket pairs.
+fn create_metrics_resources(
     config: &Config,
     workers: usize,
-    ready: &mut Option<io::PipeWriter>,
-) -> Result<(libc::pid_t, Vec<OwnedFd>), RunError> {
+) -> Result<(MetricsResources, Vec<OwnedFd>), RunError> {
     let global = &config.global;
     let mut worker_ends = Vec::with_capacity(workers);
     let mut metrics_ends = Vec::with_capacity(workers);
@@ -314,7 +446,7 @@ fn start_metrics_process(
 
     let stats = match global.stats {
         Some(addr) => {
-            let listener = std::net::TcpListener::bind(addr).map_err(io_error(&format!(
+            let listener = TcpListener::bind(addr).map_err(io_error(&format!(
                 "stats = {addr}: cannot listen; choose a free port"
             )))?;
             let bound = listener
@@ -336,20 +468,30 @@ fn start_metrics_process(
         None => None,
     };
 
-    let (root, empty_root) = helper_root(global, "metrics")?;
-    let start = MetricsStart {
+    let resources = MetricsResources {
         service_names: config
             .services
             .iter()
             .map(|service| service.name.clone())
             .collect(),
-        workers: metrics_ends,
+        metrics_ends,
         stats,
         histogram_log,
-        histogram_log_interval: global.histogram_log_interval,
-        root,
-        ids: key_ids(global)?,
     };
+    Ok((resources, worker_ends))
+}
+
+/// Forks a metrics process with duplicates of `resources` and waits until it is
+/// jailed. The child calls `close_in_child` first, to close what it must not
+/// inherit. Returns its pid.
+fn start_metrics_process(
+    global: &Global,
+    resources: &mut MetricsResources,
+    ready: &mut Option<io::PipeWriter>,
+    close_in_child: impl FnOnce(),
+) -> Result<libc::pid_t, RunError> {
+    let (root, empty_root) = helper_root(global, "metrics")?;
+    let start = resources.start_state(global, root)?;
     let (mut reader, writer) = io::pipe().map_err(io_error("cannot create a pipe"))?;
     let parent = process::getpid();
     let pid = match crate::sys::fork().map_err(io_error("cannot fork the metrics process"))? {
@@ -357,7 +499,8 @@ fn start_metrics_process(
             // The daemonizing parent waits for end of file on `ready`.
             drop(ready.take());
             drop(reader);
-            drop(worker_ends);
+            close_in_child();
+            resources.close();
             metrics_process::run(start, parent, writer)
         }
         crate::sys::Forked::Parent(pid) => pid,
@@ -372,13 +515,14 @@ fn start_metrics_process(
     }
     if started.is_err() {
         let _ = process::kill(pid, libc::SIGKILL);
-        wait_for(pid);
+        // Only this pid is reaped, so no other child's exit is missed.
+        let _ = process::wait_child(pid);
         return Err(RunError::Worker(io::Error::other(format!(
             "the metrics process (pid {pid}) exited during start-up; see the log"
         ))));
     }
     crate::debug!("metrics process {pid} started");
-    Ok((pid, worker_ends))
+    Ok(pid)
 }
 
 /// Resolves the user of the key and metrics processes: the configured one, or
@@ -555,6 +699,7 @@ impl Parent<'_> {
                 drop(ready.take());
                 drop(reader);
                 self.control = None;
+                self.metrics.close();
                 let slot = self.workers.swap_remove(index);
                 self.workers.clear();
                 let start = WorkerStart {
@@ -576,8 +721,7 @@ impl Parent<'_> {
                 drop(writer);
                 let slot = &mut self.workers[index];
                 slot.pid = Some(pid);
-                slot.started_at = Instant::now();
-                slot.restart_at = None;
+                slot.restart.started();
                 let mut byte = [0u8; 1];
                 if reader.read_exact(&mut byte).is_err() {
                     return Err(RunError::Worker(io::Error::other(format!(
@@ -620,11 +764,7 @@ impl Parent<'_> {
                     ))));
                 }
                 if Some(pid) == self.metrics_pid {
-                    warning!(
-                        "the metrics process (pid {pid}) {}; stats, histogram_log and the SIGUSR1 summary stop until tlsplice restarts",
-                        describe(reason)
-                    );
-                    self.metrics_pid = None;
+                    self.on_metrics_exit(pid, reason);
                     continue;
                 }
                 self.on_worker_exit(pid, reason);
@@ -649,7 +789,7 @@ impl Parent<'_> {
             self.draining.push((old, index));
             if let Err(err) = self.start_worker(index, false, &mut None) {
                 warning!("{err}");
-                self.workers[index].restart_at = Some(Instant::now() + QUICK_DEATH);
+                self.workers[index].restart.at = Some(Instant::now() + QUICK_DEATH);
             }
         }
         notice!("log file reopened");
@@ -663,47 +803,83 @@ impl Parent<'_> {
         self.report_worker_exit(index, pid);
         let slot = &mut self.workers[index];
         slot.pid = None;
-        let now = Instant::now();
-        if now.duration_since(slot.started_at) < QUICK_DEATH {
-            slot.restart_at = Some(now + slot.restart_delay);
-            warning!(
+        match slot.restart.schedule_after_death() {
+            Some(delay) => warning!(
                 "worker {index} (pid {pid}) {} shortly after starting; restarting it in {} ms",
                 describe(reason),
-                slot.restart_delay.as_millis()
-            );
-            slot.restart_delay = (slot.restart_delay * 2).min(MAX_RESTART_DELAY);
-        } else {
-            slot.restart_at = Some(now);
-            slot.restart_delay = QUICK_DEATH;
-            warning!(
+                delay.as_millis()
+            ),
+            None => warning!(
                 "worker {index} (pid {pid}) {}; restarting it",
                 describe(reason)
-            );
+            ),
+        }
+    }
+
+    fn on_metrics_exit(&mut self, pid: libc::pid_t, reason: ExitReason) {
+        self.metrics_pid = None;
+        match self.metrics_restart.schedule_after_death() {
+            Some(delay) => warning!(
+                "the metrics process (pid {pid}) {} shortly after starting; restarting it in {} ms with totals from zero",
+                describe(reason),
+                delay.as_millis()
+            ),
+            None => warning!(
+                "the metrics process (pid {pid}) {}; restarting it with totals from zero",
+                describe(reason)
+            ),
         }
     }
 
     fn restart_due(&mut self) -> Result<(), RunError> {
-        let now = Instant::now();
         for index in 0..self.workers.len() {
-            if self.workers[index].restart_at.is_some_and(|at| at <= now) {
+            if self.workers[index].restart.is_due() {
                 if let Err(err) = self.start_worker(index, false, &mut None) {
                     warning!("{err}");
                     let slot = &mut self.workers[index];
                     slot.pid = None;
-                    slot.restart_at = Some(Instant::now() + slot.restart_delay);
-                    slot.restart_delay = (slot.restart_delay * 2).min(MAX_RESTART_DELAY);
+                    slot.restart.schedule_after_failed_start();
                 }
             }
         }
+        if self.metrics_restart.is_due() {
+            self.restart_metrics();
+        }
         Ok(())
+    }
+
+    /// Starts a new metrics process with the parent's copies of the stats
+    /// listener, the histogram log and the metrics ends of the socket pairs.
+    fn restart_metrics(&mut self) {
+        let global = self.global;
+        let workers = &mut self.workers;
+        let control = &mut self.control;
+        let started = start_metrics_process(global, &mut self.metrics, &mut None, || {
+            // The metrics process must not reach the key process or accept
+            // on the services' listeners.
+            workers.clear();
+            *control = None;
+        });
+        match started {
+            Ok(pid) => {
+                self.metrics_pid = Some(pid);
+                self.metrics_restart.started();
+                notice!("metrics process restarted as pid {pid}");
+            }
+            Err(err) => {
+                warning!("cannot restart the metrics process: {err}");
+                self.metrics_restart.schedule_after_failed_start();
+            }
+        }
     }
 
     /// Sends SIGTERM to every worker, waits for them to drain (SIGKILL after the
     /// shutdown timeout and a grace period), then stops the metrics process, which
     /// logs the summary, and the key process.
     fn stop_all(&mut self) {
+        self.metrics_restart.at = None;
         for slot in &mut self.workers {
-            slot.restart_at = None;
+            slot.restart.at = None;
             // The listeners close with the workers' copies, so new connections
             // are refused while open ones drain.
             slot.listeners.clear();
@@ -766,13 +942,17 @@ impl Parent<'_> {
         let Some(link) = &self.workers[index].metrics_link else {
             return;
         };
-        if self.metrics_pid.is_none() {
-            return;
-        }
         let notice = encode_worker_exited(pid);
         // A full queue means the metrics process is behind. It reads quickly, so
         // short retries (500 ms at most) suffice and keep the parent responsive.
-        for _ in 0..EXIT_NOTICE_TRIES {
+        // While no metrics process runs, its successor reads the queued notice,
+        // and one attempt is enough.
+        let tries = if self.metrics_pid.is_some() {
+            EXIT_NOTICE_TRIES
+        } else {
+            1
+        };
+        for _ in 0..tries {
             match process::try_send_packet(link, &notice) {
                 Ok(true) => return,
                 Ok(false) => process::pause(Duration::from_millis(10)),

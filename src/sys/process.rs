@@ -288,6 +288,28 @@ pub fn reap_child() -> Option<(libc::pid_t, ExitReason)> {
     Some((pid, reason))
 }
 
+/// Waits for child `pid` to end and reaps it, leaving other children to
+/// [`reap_child`]. Returns `None` when `pid` is not a child of this process.
+pub fn wait_child(pid: libc::pid_t) -> Option<ExitReason> {
+    let mut status: libc::c_int = 0;
+    loop {
+        // SAFETY: `status` is a live c_int that waitpid fills in.
+        let reaped = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if reaped == pid {
+            break;
+        }
+        if reaped < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        return None;
+    }
+    Some(if libc::WIFSIGNALED(status) {
+        ExitReason::Signaled(libc::WTERMSIG(status))
+    } else {
+        ExitReason::Exited(libc::WEXITSTATUS(status))
+    })
+}
+
 /// Sends `signal` to process `pid`.
 pub fn kill(pid: libc::pid_t, signal: i32) -> io::Result<()> {
     // SAFETY: kill takes plain integers; a positive `pid` names one process.
