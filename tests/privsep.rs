@@ -964,6 +964,81 @@ fn killed_metrics_process_is_restarted() {
     assert!(proxy.wait_exit().success());
 }
 
+/// Waits until the file at `path` contains `needle`; returns its text.
+fn wait_for_text(path: &std::path::Path, needle: &str) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} does not contain {needle:?}: {text}",
+            path.display()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sighup_reopens_metrics_files() {
+    let dir = TempDir::new("privsep-metrics-rotate");
+    let root = dir.join("jail");
+    std::fs::create_dir(&root).unwrap();
+    let cert = make_cert(&dir, "ecdsa", KeyKind::EcdsaP256, &["localhost"]);
+    let backend = Backend::echo();
+    let log = dir.join("tlsplice.log");
+    let histogram_log = dir.join("latency.hlog");
+    let extra = format!(
+        "chroot = {}\nsetuid = nobody\noutput = {}\nhistogram_log = {}\nhistogram_log_interval = 1\n",
+        root.display(),
+        log.display(),
+        histogram_log.display()
+    );
+    let mut proxy = Proxy::start(&metrics_config(&cert, &backend, &extra));
+    wait_for_workers(&proxy, 2);
+    wait_for_interval(&histogram_log);
+
+    // What logrotate does without copytruncate.
+    let rotated_log = dir.join("tlsplice.log.1");
+    let rotated_histogram_log = dir.join("latency.hlog.1");
+    std::fs::rename(&log, &rotated_log).unwrap();
+    std::fs::rename(&histogram_log, &rotated_histogram_log).unwrap();
+    proxy.signal(libc::SIGHUP);
+    proxy.wait_for_line(&["metrics process: log file reopened"]);
+    proxy.wait_for_line(&["metrics process: histogram log", "reopened"]);
+
+    let header = "#[StartTime: ";
+    let new_histogram_log = wait_for_text(&histogram_log, header);
+    assert!(
+        new_histogram_log.starts_with("#"),
+        "no header at the start: {new_histogram_log}"
+    );
+    wait_for_interval(&histogram_log);
+
+    let config = client_config(std::slice::from_ref(&cert.der), rustls::ALL_VERSIONS);
+    let mut stream = tls_connect(proxy.addr(), &config, "localhost").unwrap();
+    echo_round_trip(&mut stream, &[b'r'; ECHOED]);
+    drop(stream);
+    proxy.wait_for_conn_lines(1);
+
+    proxy.signal(libc::SIGUSR1);
+    let summary = "stats: all services: accepted ";
+    proxy.wait_for_line(&[summary]);
+    wait_for_text(&log, summary);
+
+    proxy.signal(libc::SIGTERM);
+    assert!(proxy.wait_exit().success());
+    let new_log = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        new_log.contains("metrics process: log file reopened"),
+        "{new_log}"
+    );
+    let old_log = std::fs::read_to_string(&rotated_log).unwrap();
+    assert!(!old_log.contains(summary), "{old_log}");
+}
+
 /// A signature that does not come back within the worker's deadline fails that
 /// handshake, and the worker process stays up.
 #[test]

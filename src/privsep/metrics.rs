@@ -4,7 +4,7 @@
 //!
 //! | peer | channel | receives | sends |
 //! | --- | --- | --- | --- |
-//! | parent | readiness pipe; signals; socket pair N | SIGUSR1 to log a summary, SIGTERM to finish, the pid of each exited worker process of slot N | one byte once jailed |
+//! | parent | readiness pipe; signals; control socket pair; socket pair N | SIGUSR1 to log a summary, SIGTERM to finish, the files reopened on SIGHUP, the pid of each exited worker process of slot N | one byte once jailed |
 //! | worker N | socket pair N | metrics deltas | nothing |
 //! | stats clients | the stats listener | HTTP requests | `/metrics`, `/stats.json` |
 //!
@@ -23,11 +23,13 @@ use std::net::TcpListener;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Barrier};
+use std::sync::{mpsc, Arc, Barrier};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::protocol::{decode_metrics, decode_worker_exited, encode_metrics, MAX_METRICS_PACKET};
+use super::protocol::{
+    decode_metrics, decode_worker_exited, encode_metrics, FilesReopened, MAX_METRICS_PACKET,
+};
 use crate::log::CloseReason;
 use crate::metrics::{IntervalLog, Registry, ServiceMetrics, StatsServerOptions, WorkerMetrics};
 use crate::runtime::privileges::{self, Ids};
@@ -52,6 +54,9 @@ pub struct MetricsStart {
     pub service_names: Vec<String>,
     /// The metrics process's end of each worker slot's socket pair.
     pub workers: Vec<OwnedFd>,
+    /// The metrics process's end of the control socket pair to the parent,
+    /// which carries the files reopened on SIGHUP.
+    pub control: Option<OwnedFd>,
     /// The bound `stats` listener.
     pub stats: Option<TcpListener>,
     /// The created `histogram_log` file and its path, for log lines.
@@ -93,7 +98,24 @@ pub fn run(start: MetricsStart, parent: libc::pid_t, mut ready: io::PipeWriter) 
     // Every thread starts before the seccomp filter, which forbids creating
     // threads. As in the key process, the barrier is passed twice: once each
     // thread has made its start-up syscalls, and once the filter is in place.
-    let barrier = Arc::new(Barrier::new(start.workers.len() + http_threads + 1));
+    let control_threads = usize::from(start.control.is_some());
+    let barrier = Arc::new(Barrier::new(
+        start.workers.len() + http_threads + control_threads + 1,
+    ));
+    let (reopened_tx, reopened) = mpsc::channel::<File>();
+    if let Some(control) = start.control {
+        let barrier = barrier.clone();
+        let spawned = std::thread::Builder::new()
+            .name("tlsplice-metrics-control".to_string())
+            .spawn(move || {
+                barrier.wait();
+                barrier.wait();
+                receive_reopened_files(&control, &reopened_tx);
+            });
+        if let Err(err) = spawned {
+            fail_thread(err);
+        }
+    }
     let mut receivers = Vec::with_capacity(start.workers.len());
     for (index, socket) in start.workers.into_iter().enumerate() {
         let metrics = registry.register_worker();
@@ -155,7 +177,12 @@ pub fn run(start: MetricsStart, parent: libc::pid_t, mut ready: io::PipeWriter) 
     drop(ready);
     debug!("metrics process: serving {} worker slots", receivers.len());
 
-    wait_for_stop(&registry, &mut histogram_log, start.histogram_log_interval);
+    wait_for_stop(
+        &registry,
+        &mut histogram_log,
+        start.histogram_log_interval,
+        &reopened,
+    );
     finish(&receivers);
     if let Some(log) = &mut histogram_log {
         log.write(&registry);
@@ -177,6 +204,22 @@ struct HistogramLog {
 }
 
 impl HistogramLog {
+    /// Writes the interval so far to the old file, then continues in `file`,
+    /// starting with a new header.
+    fn switch_to(&mut self, file: File, registry: &Registry) {
+        self.write(registry);
+        match IntervalLog::new(BufWriter::new(file), registry.snapshot()) {
+            Ok(log) => {
+                self.log = log;
+                notice!("metrics process: histogram log {} reopened", self.path.display());
+            }
+            Err(err) => warning!(
+                "metrics process: cannot write the header of the reopened histogram log {}: {err}; still writing to the old file",
+                self.path.display()
+            ),
+        }
+    }
+
     fn write(&mut self, registry: &Registry) {
         if let Err(err) = self.log.write_interval(&registry.snapshot()) {
             self.failures += 1;
@@ -190,12 +233,64 @@ impl HistogramLog {
     }
 }
 
+/// Receives the files that the parent reopened on SIGHUP: the log file takes
+/// effect at once, and the histogram log goes to the main thread through
+/// `histogram_logs`. Returns when the parent's end closes.
+fn receive_reopened_files(control: &OwnedFd, histogram_logs: &mpsc::Sender<File>) {
+    let mut buf = [0u8; 64];
+    loop {
+        let (packet, fds) = match process::recv_with_fds(control, &mut buf) {
+            Ok(received) => received,
+            Err(err) => {
+                warning!("metrics process: receive from the parent failed: {err}");
+                return;
+            }
+        };
+        let len = match packet {
+            Packet::Data(len) => len,
+            Packet::Truncated(len) => {
+                warning!("metrics process: dropped a {len}-byte control packet from the parent");
+                continue;
+            }
+            Packet::Closed => return,
+        };
+        let files = match FilesReopened::decode(&buf[..len]) {
+            Ok(files) if files.count() == fds.len() => files,
+            Ok(files) => {
+                warning!(
+                    "metrics process: the parent passed {} files, expected {}; ignoring them",
+                    fds.len(),
+                    files.count()
+                );
+                continue;
+            }
+            Err(err) => {
+                warning!("metrics process: invalid control packet from the parent: {err}");
+                continue;
+            }
+        };
+        let mut fds = fds.into_iter().map(File::from);
+        if files.output {
+            if let Some(file) = fds.next() {
+                crate::log::replace_output(file);
+                notice!("metrics process: log file reopened");
+            }
+        }
+        if files.histogram_log {
+            if let Some(file) = fds.next() {
+                let _ = histogram_logs.send(file);
+            }
+        }
+    }
+}
+
 /// Writes histogram log intervals and logs summaries on SIGUSR1, until SIGTERM
-/// or SIGINT.
+/// or SIGINT. Switches to each file that arrives on `reopened`.
 fn wait_for_stop(
     registry: &Registry,
     histogram_log: &mut Option<HistogramLog>,
     interval: Duration,
+    reopened: &mpsc::Receiver<File>,
 ) {
     let mut next_interval = Instant::now() + interval;
     let mut summary_due: Option<Instant> = None;
@@ -212,6 +307,11 @@ fn wait_for_stop(
             Some(libc::SIGTERM | libc::SIGINT) => return,
             Some(libc::SIGUSR1) => summary_due = Some(Instant::now() + SUMMARY_WAIT),
             _ => {}
+        }
+        while let Ok(file) = reopened.try_recv() {
+            if let Some(log) = histogram_log {
+                log.switch_to(file, registry);
+            }
         }
         let now = Instant::now();
         if summary_due.is_some_and(|due| now >= due) {

@@ -14,10 +14,10 @@
 //! restarts a worker or the metrics process that died. It reads nothing from a
 //! worker but its readiness byte.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
 use std::net::TcpListener;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,7 +28,8 @@ use rustls::sign::CertifiedKey;
 use super::key::{self, KeyStart};
 use super::metrics::{self as metrics_process, MetricsStart};
 use super::protocol::{
-    encode_worker_exited, KeyDescription, StartupMessage, MAX_KEY_DESCRIPTION, MAX_METRICS_PACKET,
+    encode_worker_exited, FilesReopened, KeyDescription, StartupMessage, MAX_KEY_DESCRIPTION,
+    MAX_METRICS_PACKET,
 };
 use super::signer::RemoteKey;
 use super::worker::{self, WorkerStart};
@@ -357,8 +358,8 @@ fn helper_root(
     Ok((root, empty_root))
 }
 
-/// What the parent keeps to start the metrics process, and to start it again
-/// after it died.
+/// Descriptors and names that the parent keeps to start the metrics process,
+/// and to start it again after it died.
 struct MetricsResources {
     service_names: Vec<String>,
     /// The metrics process's end of each worker slot's socket pair.
@@ -367,6 +368,11 @@ struct MetricsResources {
     stats: Option<TcpListener>,
     /// The created `histogram_log` file and its path.
     histogram_log: Option<(File, PathBuf)>,
+    /// The parent's end of the control socket pair, which carries the files
+    /// reopened on SIGHUP.
+    control: Option<OwnedFd>,
+    /// The metrics process's end of the control socket pair.
+    control_peer: Option<OwnedFd>,
 }
 
 impl MetricsResources {
@@ -376,6 +382,8 @@ impl MetricsResources {
         self.metrics_ends.clear();
         self.stats = None;
         self.histogram_log = None;
+        self.control = None;
+        self.control_peer = None;
     }
 
     /// Duplicates the descriptors into the start-up state of a metrics process.
@@ -406,9 +414,17 @@ impl MetricsResources {
             )),
             None => None,
         };
+        let control = match &self.control_peer {
+            Some(peer) => Some(
+                peer.try_clone()
+                    .map_err(io_error("cannot duplicate the metrics control socket"))?,
+            ),
+            None => None,
+        };
         Ok(MetricsStart {
             service_names: self.service_names.clone(),
             workers: metrics_ends,
+            control,
             stats,
             histogram_log,
             histogram_log_interval: global.histogram_log_interval,
@@ -468,7 +484,11 @@ fn create_metrics_resources(
         None => None,
     };
 
+    let (control, control_peer) =
+        process::seqpacket_pair().map_err(io_error("cannot create a socket pair"))?;
     let resources = MetricsResources {
+        control: Some(control),
+        control_peer: Some(control_peer),
         service_names: config
             .services
             .iter()
@@ -777,7 +797,9 @@ impl Parent<'_> {
     /// SIGTERM and writes to the old file until it exits, and its successor
     /// inherits the reopened file and the same listening sockets.
     fn reopen_log(&mut self) {
-        if let Err(err) = crate::log::reopen() {
+        let reopened = crate::log::reopen();
+        self.reopen_metrics_files(reopened.is_ok());
+        if let Err(err) = reopened {
             warning!("cannot reopen the log file ({err}); still writing to the open file");
             return;
         }
@@ -921,6 +943,47 @@ impl Parent<'_> {
 }
 
 impl Parent<'_> {
+    /// Reopens `histogram_log` at its path and passes it, with the reopened log
+    /// file when `output_reopened`, to the metrics process, which cannot open
+    /// files in its jail. A restarted metrics process gets the reopened files too.
+    fn reopen_metrics_files(&mut self, output_reopened: bool) {
+        if let Some((file, path)) = &mut self.metrics.histogram_log {
+            match OpenOptions::new().create(true).append(true).open(&*path) {
+                Ok(reopened) => *file = reopened,
+                Err(err) => warning!(
+                    "cannot reopen histogram log {} ({err}); still writing to the open file",
+                    path.display()
+                ),
+            }
+        }
+        let output = output_reopened.then(crate::log::output_file).flatten();
+        let (Some(control), Some(pid)) = (&self.metrics.control, self.metrics_pid) else {
+            return;
+        };
+        let message = FilesReopened {
+            output: output.is_some(),
+            histogram_log: self.metrics.histogram_log.is_some(),
+        };
+        let fds: Vec<_> = output
+            .iter()
+            .map(AsFd::as_fd)
+            .chain(
+                self.metrics
+                    .histogram_log
+                    .iter()
+                    .map(|(file, _)| file.as_fd()),
+            )
+            .collect();
+        if fds.is_empty() {
+            return;
+        }
+        if let Err(err) = process::send_with_fds(control, &message.encode(), &fds) {
+            warning!(
+                "cannot pass the reopened files to the metrics process (pid {pid}): {err}; it keeps writing to the old ones"
+            );
+        }
+    }
+
     /// Forgets draining worker `pid`, if it is one, and reports its exit.
     fn on_draining_exit(&mut self, pid: libc::pid_t) {
         let Some(at) = self

@@ -44,6 +44,11 @@
 //! (4) on the same socket pair, after everything the worker sent. The metrics
 //! process accepts it only from the parent's pid, which the kernel attaches to
 //! each packet (SO_PASSCRED).
+//!
+//! On SIGHUP the parent sends the metrics process, on their control socket
+//! pair, kind 8 with two flags (1 each): whether a reopened `output` file and
+//! whether a reopened `histogram_log` file are attached (SCM_RIGHTS), in that
+//! order.
 
 use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
 use hdrhistogram::Histogram;
@@ -69,6 +74,7 @@ const KIND_KEYS_DONE: u8 = 4;
 const KIND_KEYS_FAILED: u8 = 5;
 const KIND_METRICS: u8 = 6;
 const KIND_WORKER_EXITED: u8 = 7;
+const KIND_FILES_REOPENED: u8 = 8;
 
 /// Largest metrics delta packet. A delta that encodes larger is split into one
 /// packet per histogram. The parent sizes the send buffer of the metrics socket
@@ -514,6 +520,48 @@ pub fn decode_worker_exited(packet: &[u8]) -> Result<libc::pid_t, DecodeError> {
         .ok()
         .filter(|pid| *pid > 0)
         .ok_or(DecodeError::InvalidField("pid"))
+}
+
+/// The files that the parent reopened on SIGHUP and attached to a kind 8 packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FilesReopened {
+    pub output: bool,
+    pub histogram_log: bool,
+}
+
+impl FilesReopened {
+    pub fn encode(&self) -> Vec<u8> {
+        vec![
+            KIND_FILES_REOPENED,
+            u8::from(self.output),
+            u8::from(self.histogram_log),
+        ]
+    }
+
+    pub fn decode(packet: &[u8]) -> Result<FilesReopened, DecodeError> {
+        let mut reader = Reader { bytes: packet };
+        let kind = reader.u8()?;
+        if kind != KIND_FILES_REOPENED {
+            return Err(DecodeError::UnexpectedKind(kind));
+        }
+        let flag = |value: u8| match value {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(DecodeError::InvalidField("reopened file flag")),
+        };
+        let output = flag(reader.u8()?)?;
+        let histogram_log = flag(reader.u8()?)?;
+        reader.finish()?;
+        Ok(FilesReopened {
+            output,
+            histogram_log,
+        })
+    }
+
+    /// Returns the number of descriptors attached to the packet.
+    pub fn count(&self) -> usize {
+        usize::from(self.output) + usize::from(self.histogram_log)
+    }
 }
 
 impl StartupMessage {
@@ -973,6 +1021,30 @@ mod tests {
         assert_eq!(
             decode_worker_exited(&[KIND_METRICS, 1, 0, 0, 0]),
             Err(DecodeError::UnexpectedKind(KIND_METRICS))
+        );
+    }
+
+    #[test]
+    fn files_reopened_round_trip_and_checks() {
+        for (output, histogram_log) in [(false, false), (true, false), (false, true), (true, true)]
+        {
+            let message = FilesReopened {
+                output,
+                histogram_log,
+            };
+            assert_eq!(FilesReopened::decode(&message.encode()), Ok(message));
+        }
+        assert_eq!(
+            FilesReopened::decode(&[KIND_FILES_REOPENED, 2, 0]),
+            Err(DecodeError::InvalidField("reopened file flag"))
+        );
+        assert_eq!(
+            FilesReopened::decode(&[KIND_FILES_REOPENED, 1]),
+            Err(DecodeError::Truncated)
+        );
+        assert_eq!(
+            FilesReopened::decode(&[KIND_FILES_REOPENED, 1, 1, 0]),
+            Err(DecodeError::TrailingBytes(1))
         );
     }
 
