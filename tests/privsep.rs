@@ -1039,6 +1039,45 @@ fn sighup_reopens_metrics_files() {
     assert!(!old_log.contains(summary), "{old_log}");
 }
 
+#[test]
+fn killed_key_process_stops_tlsplice() {
+    let dir = TempDir::new("privsep-key-killed");
+    let cert = make_cert(&dir, "ecdsa", KeyKind::EcdsaP256, &["localhost"]);
+    let backend = Backend::echo();
+    let mut proxy = Proxy::start(&metrics_config(&cert, &backend, ""));
+    wait_for_workers(&proxy, 2);
+    let key = children(proxy.pid())
+        .into_iter()
+        .find(|pid| role(*pid) == Some(Role::Key))
+        .unwrap();
+
+    assert!(Command::new("kill")
+        .args(["-KILL", &key.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    assert!(!proxy.wait_exit().success());
+
+    let output = proxy.output();
+    let position = |needle: &str| output.iter().position(|line| line.contains(needle));
+    let killed_at = position(&format!(
+        "the key process (pid {key}) was killed by signal 9"
+    ));
+    let error_at = position(" err the key process was killed by signal 9 (SIGKILL)");
+    let stopped_at = output
+        .iter()
+        .position(|line| line.ends_with(" notice stopped"));
+    assert!(killed_at.is_some(), "{output:#?}");
+    assert!(error_at.is_some(), "{output:#?}");
+    assert!(stopped_at.is_some(), "{output:#?}");
+    assert!(killed_at < error_at, "{output:#?}");
+    assert!(error_at < stopped_at, "{output:#?}");
+    assert!(
+        !output.iter().any(|line| line.contains("a worker failed")),
+        "{output:#?}"
+    );
+}
+
 /// A signature that does not come back within the worker's deadline fails that
 /// handshake, and the worker process stays up.
 #[test]

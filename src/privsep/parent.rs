@@ -38,7 +38,7 @@ use crate::runtime::privileges::{self, Ids};
 use crate::runtime::{RunError, Service};
 use crate::sys::process::{self, ExitReason, Packet};
 use crate::tls::certs::LoadedCert;
-use crate::{notice, warning};
+use crate::{error, notice, warning};
 
 /// A worker that lived shorter than this before dying is restarted after a delay
 /// that doubles up to [`MAX_RESTART_DELAY`], so a worker that dies at start-up
@@ -127,7 +127,8 @@ struct Parent<'a> {
     services: Arc<[Service]>,
     workers: Vec<WorkerSlot>,
     worker_ids: Ids,
-    key_pid: libc::pid_t,
+    /// `None` once the key process has been reaped.
+    key_pid: Option<libc::pid_t>,
     /// `None` once the metrics process has exited, until it restarts.
     metrics_pid: Option<libc::pid_t>,
     /// The descriptors a restarted metrics process gets.
@@ -233,7 +234,7 @@ fn run_with_metrics(
         services: services.into(),
         workers,
         worker_ids,
-        key_pid,
+        key_pid: Some(key_pid),
         metrics_pid: Some(metrics_pid),
         metrics,
         metrics_restart: Restart::new(),
@@ -700,6 +701,9 @@ impl Parent<'_> {
         }
         let result = self.supervise();
         self.stop_all();
+        if let Err(err) = &result {
+            error!("{err}");
+        }
         notice!("stopped");
         result
     }
@@ -776,7 +780,8 @@ impl Parent<'_> {
                 _ => {}
             }
             while let Some((pid, reason)) = process::reap_child() {
-                if pid == self.key_pid {
+                if Some(pid) == self.key_pid {
+                    self.key_pid = None;
                     warning!("the key process (pid {pid}) {}; stopping", describe(reason));
                     return Err(RunError::Worker(io::Error::other(format!(
                         "the key process {}",
@@ -922,7 +927,14 @@ impl Parent<'_> {
                 killed = true;
             }
             let _ = crate::sys::wait_signal(Duration::from_millis(100));
-            while let Some((pid, _)) = process::reap_child() {
+            while let Some((pid, reason)) = process::reap_child() {
+                if Some(pid) == self.key_pid {
+                    warning!(
+                        "the key process (pid {pid}) {} while the workers stopped",
+                        describe(reason)
+                    );
+                    self.key_pid = None;
+                }
                 if Some(pid) == self.metrics_pid {
                     warning!("the metrics process (pid {pid}) exited before the workers");
                     self.metrics_pid = None;
@@ -935,10 +947,13 @@ impl Parent<'_> {
             }
         }
         self.stop_metrics();
-        // Closing the control socket ends the key process.
+        // Closing the control socket ends the key process. A key process that
+        // already died was reaped, and waiting for it again would only time out.
         self.control = None;
-        let _ = process::kill(self.key_pid, libc::SIGKILL);
-        wait_for(self.key_pid);
+        if let Some(pid) = self.key_pid.take() {
+            let _ = process::kill(pid, libc::SIGKILL);
+            let _ = process::wait_child(pid);
+        }
     }
 }
 
