@@ -572,3 +572,47 @@ fn histogram_logger_writes_last_interval_on_stop() {
         "{counts:?}"
     );
 }
+
+#[test]
+fn histogram_log_survives_copytruncate() {
+    use tlsplice::metrics::HistogramLogger;
+
+    let directory =
+        std::env::temp_dir().join(format!("tlsplice-hlog-trunc-{}", std::process::id()));
+    std::fs::create_dir_all(&directory).unwrap();
+    let path = directory.join("test.hlog");
+    let registry = registry(&["web"]);
+    let logger =
+        HistogramLogger::start(&path, Duration::from_millis(50), Arc::clone(&registry)).unwrap();
+    let mut worker = registry.register_worker();
+    connection(&mut worker, 0, 100, 10, 20);
+    worker.publish();
+
+    // Readiness waits for the logger thread; the deadline only keeps a broken
+    // logger from hanging the test.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let wait_for_interval = || loop {
+        let text = std::fs::read(&path).unwrap();
+        if text.windows(4).any(|window| window == b"Tag=") {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "no interval written");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    wait_for_interval();
+
+    // What logrotate's copytruncate does after copying the file.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    wait_for_interval();
+    logger.stop();
+
+    let log = std::fs::read(&path).unwrap();
+    std::fs::remove_dir_all(&directory).unwrap();
+    assert_ne!(log[0], 0, "the log starts with a NUL byte");
+    assert!(!log.contains(&0), "the log contains NUL bytes");
+}

@@ -774,6 +774,310 @@ fn metrics_survive_worker_kill() {
     );
 }
 
+/// Polls /stats.json until the total counters satisfy `done`; returns them.
+/// `expected` describes the condition in the failure message.
+fn wait_for_counters(
+    stats: SocketAddr,
+    expected: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let json: serde_json::Value =
+            serde_json::from_str(&stats_get(stats, "/stats.json")).unwrap();
+        let counters = &json["total"]["counters"];
+        if done(counters) {
+            return counters.clone();
+        }
+        assert!(Instant::now() < deadline, "expected {expected}: {json}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Sends SIGKILL to each of `pids` and waits until the parent has replaced them.
+fn kill_workers(proxy: &Proxy, pids: &[u32]) -> Vec<u32> {
+    for pid in pids {
+        assert!(Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success());
+    }
+    for pid in pids {
+        proxy.wait_for_line(&[&format!("(pid {pid}) was killed by signal 9 (SIGKILL)")]);
+    }
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let after = wait_for_workers(proxy, pids.len());
+        if !after.iter().any(|pid| pids.contains(pid)) {
+            return after;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "workers {pids:?} were not replaced"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn killed_workers_connections_count_closed() {
+    let dir = TempDir::new("privsep-metrics-open");
+    let cert = make_cert(&dir, "ecdsa", KeyKind::EcdsaP256, &["localhost"]);
+    let backend = Backend::echo();
+    let mut proxy = Proxy::start(&metrics_config(&cert, &backend, ""));
+    let stats = stats_address(&proxy);
+    let workers = wait_for_workers(&proxy, 2);
+
+    let config = client_config(std::slice::from_ref(&cert.der), rustls::ALL_VERSIONS);
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        let mut stream = tls_connect(proxy.addr(), &config, "localhost").unwrap();
+        echo_round_trip(&mut stream, &[b'o'; ECHOED]);
+        open.push(stream);
+    }
+    wait_for_counters(stats, "4 accepted and 4 active", |counters| {
+        counters["accepted"] == 4 && counters["active"] == 4
+    });
+
+    kill_workers(&proxy, &workers);
+    let counters = wait_for_counters(stats, "no active connection", |counters| {
+        counters["active"] == 0
+    });
+    assert_eq!(counters["accepted"], 4, "{counters}");
+    assert_eq!(counters["closed"]["internal-error"], 4, "{counters}");
+    let exposition = stats_get(stats, "/metrics");
+    assert!(
+        exposition
+            .lines()
+            .any(|line| line == "tlsplice_connections_active{service=\"web\"} 0"),
+        "{exposition}"
+    );
+    drop(open);
+
+    proxy.signal(libc::SIGTERM);
+    assert!(proxy.wait_exit().success());
+    let output = proxy.output();
+    assert!(
+        output
+            .iter()
+            .any(|line| line.contains("stats: all services: accepted 4, active 0,")),
+        "{output:#?}"
+    );
+}
+
+/// Waits until the interval log at `path` contains an interval line.
+fn wait_for_interval(path: &std::path::Path) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let log = std::fs::read(path).unwrap_or_default();
+        if log.windows(4).any(|window| window == b"Tag=") {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no interval in {}",
+            path.display()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn histogram_log_survives_copytruncate() {
+    let dir = TempDir::new("privsep-hlog-truncate");
+    let cert = make_cert(&dir, "ecdsa", KeyKind::EcdsaP256, &["localhost"]);
+    let backend = Backend::echo();
+    let histogram_log = dir.join("latency.hlog");
+    let extra = format!(
+        "histogram_log = {}\nhistogram_log_interval = 1\n",
+        histogram_log.display()
+    );
+    let proxy = Proxy::start(&metrics_config(&cert, &backend, &extra));
+    wait_for_workers(&proxy, 2);
+    wait_for_interval(&histogram_log);
+
+    // What logrotate's copytruncate does after copying the file.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&histogram_log)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    wait_for_interval(&histogram_log);
+
+    let log = std::fs::read(&histogram_log).unwrap();
+    assert_ne!(log[0], 0, "the log starts with a NUL byte");
+    assert!(!log.contains(&0), "the log contains NUL bytes");
+}
+
+/// Returns the descriptors that process `pid` has open, as their link targets.
+fn open_files(pid: u32) -> Vec<String> {
+    let mut files: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| std::fs::read_link(entry.path()).ok())
+        .map(|target| target.display().to_string())
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn killed_metrics_process_is_restarted() {
+    let dir = TempDir::new("privsep-metrics-killed");
+    let cert = make_cert(&dir, "ecdsa", KeyKind::EcdsaP256, &["localhost"]);
+    let backend = Backend::echo();
+    let mut proxy = Proxy::start(&metrics_config(&cert, &backend, ""));
+    let stats = stats_address(&proxy);
+    let (metrics, workers) = wait_for_children(&proxy, 2);
+    let files_before = open_files(metrics);
+
+    let served = connect_until_each_worker_served(&proxy, &cert, &workers, 1);
+    let before: usize = served.values().sum();
+    wait_for_counts(stats, before as u64);
+
+    assert!(Command::new("kill")
+        .args(["-KILL", &metrics.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    proxy.wait_for_line(&[&format!(
+        "the metrics process (pid {metrics}) was killed by signal 9 (SIGKILL)"
+    )]);
+    proxy.wait_for_line(&["metrics process restarted as pid "]);
+    let (restarted, after) = wait_for_children(&proxy, 2);
+    assert_ne!(restarted, metrics);
+    assert_eq!(after, workers);
+    // As many descriptors as the first, so the new process did not inherit a
+    // service listener or a socket to the key process.
+    assert_eq!(open_files(restarted).len(), files_before.len());
+
+    // Totals start from zero in the new metrics process.
+    let served = connect_until_each_worker_served(&proxy, &cert, &workers, 1);
+    let new_connections: usize = served.values().sum();
+    wait_for_counts(stats, new_connections as u64);
+
+    proxy.signal(libc::SIGUSR1);
+    proxy.wait_for_line(&[&format!("stats: all services: accepted {new_connections},")]);
+    proxy.signal(libc::SIGTERM);
+    assert!(proxy.wait_exit().success());
+}
+
+/// Waits until the file at `path` contains `needle`; returns its text.
+fn wait_for_text(path: &std::path::Path, needle: &str) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} does not contain {needle:?}: {text}",
+            path.display()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sighup_reopens_metrics_files() {
+    let dir = TempDir::new("privsep-metrics-rotate");
+    let root = dir.join("jail");
+    std::fs::create_dir(&root).unwrap();
+    let cert = make_cert(&dir, "ecdsa", KeyKind::EcdsaP256, &["localhost"]);
+    let backend = Backend::echo();
+    let log = dir.join("tlsplice.log");
+    let histogram_log = dir.join("latency.hlog");
+    let extra = format!(
+        "chroot = {}\nsetuid = nobody\noutput = {}\nhistogram_log = {}\nhistogram_log_interval = 1\n",
+        root.display(),
+        log.display(),
+        histogram_log.display()
+    );
+    let mut proxy = Proxy::start(&metrics_config(&cert, &backend, &extra));
+    wait_for_workers(&proxy, 2);
+    wait_for_interval(&histogram_log);
+
+    // What logrotate does without copytruncate.
+    let rotated_log = dir.join("tlsplice.log.1");
+    let rotated_histogram_log = dir.join("latency.hlog.1");
+    std::fs::rename(&log, &rotated_log).unwrap();
+    std::fs::rename(&histogram_log, &rotated_histogram_log).unwrap();
+    proxy.signal(libc::SIGHUP);
+    proxy.wait_for_line(&["metrics process: log file reopened"]);
+    proxy.wait_for_line(&["metrics process: histogram log", "reopened"]);
+
+    let header = "#[StartTime: ";
+    let new_histogram_log = wait_for_text(&histogram_log, header);
+    assert!(
+        new_histogram_log.starts_with("#"),
+        "no header at the start: {new_histogram_log}"
+    );
+    wait_for_interval(&histogram_log);
+
+    let config = client_config(std::slice::from_ref(&cert.der), rustls::ALL_VERSIONS);
+    let mut stream = tls_connect(proxy.addr(), &config, "localhost").unwrap();
+    echo_round_trip(&mut stream, &[b'r'; ECHOED]);
+    drop(stream);
+    proxy.wait_for_conn_lines(1);
+
+    proxy.signal(libc::SIGUSR1);
+    let summary = "stats: all services: accepted ";
+    proxy.wait_for_line(&[summary]);
+    wait_for_text(&log, summary);
+
+    proxy.signal(libc::SIGTERM);
+    assert!(proxy.wait_exit().success());
+    let new_log = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        new_log.contains("metrics process: log file reopened"),
+        "{new_log}"
+    );
+    let old_log = std::fs::read_to_string(&rotated_log).unwrap();
+    assert!(!old_log.contains(summary), "{old_log}");
+}
+
+#[test]
+fn killed_key_process_stops_tlsplice() {
+    let dir = TempDir::new("privsep-key-killed");
+    let cert = make_cert(&dir, "ecdsa", KeyKind::EcdsaP256, &["localhost"]);
+    let backend = Backend::echo();
+    let mut proxy = Proxy::start(&metrics_config(&cert, &backend, ""));
+    wait_for_workers(&proxy, 2);
+    let key = children(proxy.pid())
+        .into_iter()
+        .find(|pid| role(*pid) == Some(Role::Key))
+        .unwrap();
+
+    assert!(Command::new("kill")
+        .args(["-KILL", &key.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    assert!(!proxy.wait_exit().success());
+
+    let output = proxy.output();
+    let position = |needle: &str| output.iter().position(|line| line.contains(needle));
+    let killed_at = position(&format!(
+        "the key process (pid {key}) was killed by signal 9"
+    ));
+    let error_at = position(" err the key process was killed by signal 9 (SIGKILL)");
+    let stopped_at = output
+        .iter()
+        .position(|line| line.ends_with(" notice stopped"));
+    assert!(killed_at.is_some(), "{output:#?}");
+    assert!(error_at.is_some(), "{output:#?}");
+    assert!(stopped_at.is_some(), "{output:#?}");
+    assert!(killed_at < error_at, "{output:#?}");
+    assert!(error_at < stopped_at, "{output:#?}");
+    assert!(
+        !output.iter().any(|line| line.contains("a worker failed")),
+        "{output:#?}"
+    );
+}
+
 /// A signature that does not come back within the worker's deadline fails that
 /// handshake, and the worker process stays up.
 #[test]

@@ -121,6 +121,27 @@ pub fn reopen() -> io::Result<()> {
     Ok(())
 }
 
+/// Returns a duplicate of the open output file's descriptor, or `None` when
+/// lines go to stderr.
+pub fn output_file() -> Option<File> {
+    let sink = SINK
+        .get()?
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    sink.output.as_ref()?.try_clone().ok()
+}
+
+/// Writes further lines to `file` in place of the output file, for a jailed
+/// process that cannot open the path itself and gets the file from the parent.
+pub fn replace_output(file: File) {
+    let Some(sink) = SINK.get() else {
+        return;
+    };
+    let mut sink = sink.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    sink.output = Some(file);
+    GENERATION.fetch_add(1, Ordering::Release);
+}
+
 pub fn enabled(level: LogLevel) -> bool {
     level as u8 <= LEVEL.load(Ordering::Relaxed)
 }

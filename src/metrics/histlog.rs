@@ -6,7 +6,7 @@
 //! base64 encoded and tagged, in the format that HdrHistogram's
 //! `HistogramLogReader` and `HistogramLogProcessor` read.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -20,6 +20,18 @@ use hdrhistogram::Histogram;
 
 use super::record::{HistogramKind, ServiceMetrics};
 use super::registry::{Registry, Snapshot};
+
+/// Creates or truncates the `histogram_log` file at `path` and opens it for
+/// appending. With O_APPEND every write goes to the current end of the file, so
+/// after logrotate's `copytruncate` empties it the next interval starts at offset
+/// 0 instead of leaving a hole of NUL bytes before it.
+pub fn create_log_file(path: &Path) -> io::Result<File> {
+    // The standard library rejects append combined with truncate, so the file
+    // is truncated after it is opened.
+    let file = OpenOptions::new().create(true).append(true).open(path)?;
+    file.set_len(0)?;
+    Ok(file)
+}
 
 /// A running interval log writer. Dropping it writes the last interval and
 /// closes the file.
@@ -36,7 +48,7 @@ impl HistogramLogger {
         interval: Duration,
         registry: Arc<Registry>,
     ) -> io::Result<HistogramLogger> {
-        let file = File::create(path).map_err(|error| {
+        let file = create_log_file(path).map_err(|error| {
             io::Error::new(
                 error.kind(),
                 format!("cannot create histogram log {}: {error}", path.display()),

@@ -23,7 +23,7 @@ mod record;
 mod registry;
 mod summary;
 
-pub use histlog::{HistogramLogger, IntervalLog};
+pub use histlog::{create_log_file, HistogramLogger, IntervalLog};
 pub use http::{serve_shared, StatsServer, StatsServerOptions};
 pub use record::{HistogramKind, Recorder, ServiceMetrics, TlsCount, Unit, WorkerMetrics};
 pub use registry::{Collector, Registry, Snapshot};

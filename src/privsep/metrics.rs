@@ -4,7 +4,7 @@
 //!
 //! | peer | channel | receives | sends |
 //! | --- | --- | --- | --- |
-//! | parent | readiness pipe; signals | SIGUSR1 to log a summary, SIGTERM to finish | one byte once jailed |
+//! | parent | readiness pipe; signals; control socket pair; socket pair N | SIGUSR1 to log a summary, SIGTERM to finish, the files reopened on SIGHUP, the pid of each exited worker process of slot N | one byte once jailed |
 //! | worker N | socket pair N | metrics deltas | nothing |
 //! | stats clients | the stats listener | HTTP requests | `/metrics`, `/stats.json` |
 //!
@@ -16,19 +16,22 @@
 //!
 //! Its totals are kept per worker slot, so they survive a worker's restart.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::net::TcpListener;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Barrier};
+use std::sync::{mpsc, Arc, Barrier};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::protocol::{decode_metrics, encode_metrics, MAX_METRICS_PACKET};
-use crate::metrics::{IntervalLog, Registry, StatsServerOptions, WorkerMetrics};
+use super::protocol::{
+    decode_metrics, decode_worker_exited, encode_metrics, FilesReopened, MAX_METRICS_PACKET,
+};
+use crate::log::CloseReason;
+use crate::metrics::{IntervalLog, Registry, ServiceMetrics, StatsServerOptions, WorkerMetrics};
 use crate::runtime::privileges::{self, Ids};
 use crate::sys::process::{self, Packet};
 use crate::sys::seccomp;
@@ -40,6 +43,8 @@ const SUMMARY_WAIT: Duration = Duration::from_millis(600);
 /// How long the metrics process waits at SIGTERM for the workers' last deltas
 /// before it logs the shutdown summary without them.
 const FINISH_WAIT: Duration = Duration::from_secs(2);
+/// The close reason of the connections a worker process held when it exited.
+pub const CLOSED_BY_EXIT: CloseReason = CloseReason::Internal;
 /// Maximum number of encoded deltas a worker queues while the metrics process
 /// does not read them. Beyond it, the oldest are dropped.
 const MAX_QUEUED_PACKETS: usize = 64;
@@ -49,6 +54,9 @@ pub struct MetricsStart {
     pub service_names: Vec<String>,
     /// The metrics process's end of each worker slot's socket pair.
     pub workers: Vec<OwnedFd>,
+    /// The metrics process's end of the control socket pair to the parent,
+    /// which carries the files reopened on SIGHUP.
+    pub control: Option<OwnedFd>,
     /// The bound `stats` listener.
     pub stats: Option<TcpListener>,
     /// The created `histogram_log` file and its path, for log lines.
@@ -90,7 +98,24 @@ pub fn run(start: MetricsStart, parent: libc::pid_t, mut ready: io::PipeWriter) 
     // Every thread starts before the seccomp filter, which forbids creating
     // threads. As in the key process, the barrier is passed twice: once each
     // thread has made its start-up syscalls, and once the filter is in place.
-    let barrier = Arc::new(Barrier::new(start.workers.len() + http_threads + 1));
+    let control_threads = usize::from(start.control.is_some());
+    let barrier = Arc::new(Barrier::new(
+        start.workers.len() + http_threads + control_threads + 1,
+    ));
+    let (reopened_tx, reopened) = mpsc::channel::<File>();
+    if let Some(control) = start.control {
+        let barrier = barrier.clone();
+        let spawned = std::thread::Builder::new()
+            .name("tlsplice-metrics-control".to_string())
+            .spawn(move || {
+                barrier.wait();
+                barrier.wait();
+                receive_reopened_files(&control, &reopened_tx);
+            });
+        if let Err(err) = spawned {
+            fail_thread(err);
+        }
+    }
     let mut receivers = Vec::with_capacity(start.workers.len());
     for (index, socket) in start.workers.into_iter().enumerate() {
         let metrics = registry.register_worker();
@@ -100,7 +125,7 @@ pub fn run(start: MetricsStart, parent: libc::pid_t, mut ready: io::PipeWriter) 
             .spawn(move || {
                 barrier.wait();
                 barrier.wait();
-                receive(index, &socket, metrics, services);
+                receive(index, &socket, metrics, services, parent);
             });
         match spawned {
             Ok(handle) => receivers.push(handle),
@@ -152,7 +177,12 @@ pub fn run(start: MetricsStart, parent: libc::pid_t, mut ready: io::PipeWriter) 
     drop(ready);
     debug!("metrics process: serving {} worker slots", receivers.len());
 
-    wait_for_stop(&registry, &mut histogram_log, start.histogram_log_interval);
+    wait_for_stop(
+        &registry,
+        &mut histogram_log,
+        start.histogram_log_interval,
+        &reopened,
+    );
     finish(&receivers);
     if let Some(log) = &mut histogram_log {
         log.write(&registry);
@@ -174,6 +204,22 @@ struct HistogramLog {
 }
 
 impl HistogramLog {
+    /// Writes the interval so far to the old file, then continues in `file`,
+    /// starting with a new header.
+    fn switch_to(&mut self, file: File, registry: &Registry) {
+        self.write(registry);
+        match IntervalLog::new(BufWriter::new(file), registry.snapshot()) {
+            Ok(log) => {
+                self.log = log;
+                notice!("metrics process: histogram log {} reopened", self.path.display());
+            }
+            Err(err) => warning!(
+                "metrics process: cannot write the header of the reopened histogram log {}: {err}; still writing to the old file",
+                self.path.display()
+            ),
+        }
+    }
+
     fn write(&mut self, registry: &Registry) {
         if let Err(err) = self.log.write_interval(&registry.snapshot()) {
             self.failures += 1;
@@ -187,12 +233,64 @@ impl HistogramLog {
     }
 }
 
+/// Receives the files that the parent reopened on SIGHUP: the log file takes
+/// effect at once, and the histogram log goes to the main thread through
+/// `histogram_logs`. Returns when the parent's end closes.
+fn receive_reopened_files(control: &OwnedFd, histogram_logs: &mpsc::Sender<File>) {
+    let mut buf = [0u8; 64];
+    loop {
+        let (packet, fds) = match process::recv_with_fds(control, &mut buf) {
+            Ok(received) => received,
+            Err(err) => {
+                warning!("metrics process: receive from the parent failed: {err}");
+                return;
+            }
+        };
+        let len = match packet {
+            Packet::Data(len) => len,
+            Packet::Truncated(len) => {
+                warning!("metrics process: dropped a {len}-byte control packet from the parent");
+                continue;
+            }
+            Packet::Closed => return,
+        };
+        let files = match FilesReopened::decode(&buf[..len]) {
+            Ok(files) if files.count() == fds.len() => files,
+            Ok(files) => {
+                warning!(
+                    "metrics process: the parent passed {} files, expected {}; ignoring them",
+                    fds.len(),
+                    files.count()
+                );
+                continue;
+            }
+            Err(err) => {
+                warning!("metrics process: invalid control packet from the parent: {err}");
+                continue;
+            }
+        };
+        let mut fds = fds.into_iter().map(File::from);
+        if files.output {
+            if let Some(file) = fds.next() {
+                crate::log::replace_output(file);
+                notice!("metrics process: log file reopened");
+            }
+        }
+        if files.histogram_log {
+            if let Some(file) = fds.next() {
+                let _ = histogram_logs.send(file);
+            }
+        }
+    }
+}
+
 /// Writes histogram log intervals and logs summaries on SIGUSR1, until SIGTERM
-/// or SIGINT.
+/// or SIGINT. Switches to each file that arrives on `reopened`.
 fn wait_for_stop(
     registry: &Registry,
     histogram_log: &mut Option<HistogramLog>,
     interval: Duration,
+    reopened: &mpsc::Receiver<File>,
 ) {
     let mut next_interval = Instant::now() + interval;
     let mut summary_due: Option<Instant> = None;
@@ -209,6 +307,11 @@ fn wait_for_stop(
             Some(libc::SIGTERM | libc::SIGINT) => return,
             Some(libc::SIGUSR1) => summary_due = Some(Instant::now() + SUMMARY_WAIT),
             _ => {}
+        }
+        while let Ok(file) = reopened.try_recv() {
+            if let Some(log) = histogram_log {
+                log.switch_to(file, registry);
+            }
         }
         let now = Instant::now();
         if summary_due.is_some_and(|due| now >= due) {
@@ -265,23 +368,42 @@ fn note_malformed(worker: usize, detail: &str) {
 }
 
 /// Adds the deltas from worker slot `worker` to its totals until every copy of
-/// the slot's other end is closed.
+/// the slot's other end is closed. A packet whose sender is `parent` is the
+/// parent's notice that one of the slot's worker processes exited: the
+/// connections that process left open are then counted as closed.
 ///
 /// NOTE: an empty packet read after every copy was closed reads as end of file,
 /// so a worker that sends one as its last act loses the deltas it queued after it.
-fn receive(worker: usize, socket: &OwnedFd, mut metrics: WorkerMetrics, services: usize) {
+fn receive(
+    worker: usize,
+    socket: &OwnedFd,
+    mut metrics: WorkerMetrics,
+    services: usize,
+    parent: libc::pid_t,
+) {
     let mut buf = vec![0u8; MAX_METRICS_PACKET];
+    let mut open = OpenConnections::default();
     loop {
-        match process::recv_packet(socket, &mut buf, None) {
-            Ok(Packet::Data(len)) => match apply(&buf[..len], services, &mut metrics) {
-                Ok(()) => {}
+        match process::recv_packet_with_sender(socket, &mut buf) {
+            Ok((Packet::Data(len), Some(sender))) if sender == parent => {
+                match decode_worker_exited(&buf[..len]) {
+                    Ok(pid) => close_left_open(worker, pid, open.remove(pid), &mut metrics),
+                    Err(err) => note_malformed(worker, &format!("notice from the parent: {err}")),
+                }
+            }
+            Ok((Packet::Data(len), sender)) => match apply(&buf[..len], services, &mut metrics) {
+                Ok((service, opened)) => {
+                    if let Some(sender) = sender {
+                        open.add(sender, service, opened, services);
+                    }
+                }
                 Err(detail) => note_malformed(worker, &detail),
             },
-            Ok(Packet::Truncated(len)) => note_malformed(
+            Ok((Packet::Truncated(len), _)) => note_malformed(
                 worker,
                 &format!("{len} bytes, more than the limit of {MAX_METRICS_PACKET}"),
             ),
-            Ok(Packet::Closed) => return,
+            Ok((Packet::Closed, _)) => return,
             Err(err) => {
                 warning!("metrics process: receive from worker {worker} failed: {err}");
                 return;
@@ -290,20 +412,75 @@ fn receive(worker: usize, socket: &OwnedFd, mut metrics: WorkerMetrics, services
     }
 }
 
+/// Connections each worker process of one slot has reported as accepted and
+/// not closed, per service, keyed by the pid the kernel attached to its deltas.
+/// An entry is removed when the parent reports that the process exited.
+#[derive(Default)]
+struct OpenConnections {
+    by_pid: HashMap<libc::pid_t, Vec<i64>>,
+}
+
+impl OpenConnections {
+    fn add(&mut self, pid: libc::pid_t, service: usize, opened: i64, services: usize) {
+        let counts = self.by_pid.entry(pid).or_insert_with(|| vec![0; services]);
+        counts[service] = counts[service].saturating_add(opened);
+    }
+
+    /// Removes process `pid` and returns its open connections per service. A
+    /// count below zero means that the process closed connections which an
+    /// earlier metrics process counted as accepted.
+    fn remove(&mut self, pid: libc::pid_t) -> Vec<i64> {
+        self.by_pid.remove(&pid).unwrap_or_default()
+    }
+}
+
+/// Counts the connections that worker process `pid` left open as closed with
+/// [`CLOSED_BY_EXIT`]: the kernel closed their sockets when the process ended.
+fn close_left_open(worker: usize, pid: libc::pid_t, open: Vec<i64>, metrics: &mut WorkerMetrics) {
+    let mut total = 0u64;
+    for (service, count) in open.into_iter().enumerate() {
+        let Ok(count) = u64::try_from(count) else {
+            continue;
+        };
+        if count == 0 {
+            continue;
+        }
+        let mut values = ServiceMetrics::default();
+        let reason = CloseReason::ALL
+            .iter()
+            .position(|reason| *reason == CLOSED_BY_EXIT)
+            .unwrap_or_default();
+        values.closed[reason] = count;
+        metrics.merge(service, &values);
+        total += count;
+    }
+    if total == 0 {
+        return;
+    }
+    metrics.publish();
+    notice!(
+        "metrics process: worker {worker} (pid {pid}) exited with {total} connections open; counting them as closed ({})",
+        CLOSED_BY_EXIT.as_str()
+    );
+}
+
 /// Decodes one delta and adds it to `metrics`, or returns why it was dropped.
+/// Returns the delta's service and its accepted minus its closed connections.
 pub(crate) fn apply(
     packet: &[u8],
     services: usize,
     metrics: &mut WorkerMetrics,
-) -> Result<(), String> {
+) -> Result<(usize, i64), String> {
     // The decoder checks every length and field itself. The hdrhistogram
     // deserializer runs inside it, so a panic there drops the delta too.
     let decoded = std::panic::catch_unwind(|| decode_metrics(packet, services))
         .map_err(|_| "the histogram decoder panicked".to_string())?;
     let (service, values) = decoded.map_err(|err| err.to_string())?;
+    let accepted = i64::try_from(values.accepted).unwrap_or(i64::MAX);
+    let closed = i64::try_from(values.closed_total()).unwrap_or(i64::MAX);
     metrics.merge(service, &values);
     metrics.publish();
-    Ok(())
+    Ok((service, accepted.saturating_sub(closed)))
 }
 
 /// A worker process's sending side of its socket pair to the metrics process.
@@ -400,7 +577,6 @@ impl MetricsLink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::log::CloseReason;
     use crate::metrics::DataPath;
 
     /// Records `count` closed connections of service 0 in a registry of a worker
@@ -429,7 +605,7 @@ mod tests {
         let (worker_end, metrics_end) = process::seqpacket_pair().unwrap();
         let receiving = {
             let metrics = totals.register_worker();
-            std::thread::spawn(move || receive(0, &metrics_end, metrics, 1))
+            std::thread::spawn(move || receive(0, &metrics_end, metrics, 1, 0))
         };
 
         let mut link = MetricsLink::new(0, worker_end);

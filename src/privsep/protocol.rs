@@ -39,6 +39,16 @@
 //! Each `n` must equal the number of values of this build, and each histogram
 //! must have 3 significant digits and a lowest discernible value of 1, which
 //! bounds the memory that decoding one allocates.
+//!
+//! When a worker process exits, the parent sends kind 7 with the process's pid
+//! (4) on the same socket pair, after everything the worker sent. The metrics
+//! process accepts it only from the parent's pid, which the kernel attaches to
+//! each packet (SO_PASSCRED).
+//!
+//! On SIGHUP the parent sends the metrics process, on their control socket
+//! pair, kind 8 with two flags (1 each): whether a reopened `output` file and
+//! whether a reopened `histogram_log` file are attached (SCM_RIGHTS), in that
+//! order.
 
 use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
 use hdrhistogram::Histogram;
@@ -63,6 +73,8 @@ const KIND_KEY: u8 = 3;
 const KIND_KEYS_DONE: u8 = 4;
 const KIND_KEYS_FAILED: u8 = 5;
 const KIND_METRICS: u8 = 6;
+const KIND_WORKER_EXITED: u8 = 7;
+const KIND_FILES_REOPENED: u8 = 8;
 
 /// Largest metrics delta packet. A delta that encodes larger is split into one
 /// packet per histogram. The parent sizes the send buffer of the metrics socket
@@ -486,6 +498,70 @@ fn decode_histogram(bytes: &[u8]) -> Result<Histogram<u64>, DecodeError> {
         return Err(DecodeError::TrailingBytes(input.len()));
     }
     Ok(histogram)
+}
+
+/// Encodes the parent's notice that worker process `pid` has exited.
+pub fn encode_worker_exited(pid: libc::pid_t) -> Vec<u8> {
+    let mut out = vec![KIND_WORKER_EXITED];
+    out.extend_from_slice(&(pid as u32).to_le_bytes());
+    out
+}
+
+/// Decodes the parent's notice that a worker process has exited; returns its pid.
+pub fn decode_worker_exited(packet: &[u8]) -> Result<libc::pid_t, DecodeError> {
+    let mut reader = Reader { bytes: packet };
+    let kind = reader.u8()?;
+    if kind != KIND_WORKER_EXITED {
+        return Err(DecodeError::UnexpectedKind(kind));
+    }
+    let pid = reader.u32()?;
+    reader.finish()?;
+    libc::pid_t::try_from(pid)
+        .ok()
+        .filter(|pid| *pid > 0)
+        .ok_or(DecodeError::InvalidField("pid"))
+}
+
+/// The files that the parent reopened on SIGHUP and attached to a kind 8 packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FilesReopened {
+    pub output: bool,
+    pub histogram_log: bool,
+}
+
+impl FilesReopened {
+    pub fn encode(&self) -> Vec<u8> {
+        vec![
+            KIND_FILES_REOPENED,
+            u8::from(self.output),
+            u8::from(self.histogram_log),
+        ]
+    }
+
+    pub fn decode(packet: &[u8]) -> Result<FilesReopened, DecodeError> {
+        let mut reader = Reader { bytes: packet };
+        let kind = reader.u8()?;
+        if kind != KIND_FILES_REOPENED {
+            return Err(DecodeError::UnexpectedKind(kind));
+        }
+        let flag = |value: u8| match value {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(DecodeError::InvalidField("reopened file flag")),
+        };
+        let output = flag(reader.u8()?)?;
+        let histogram_log = flag(reader.u8()?)?;
+        reader.finish()?;
+        Ok(FilesReopened {
+            output,
+            histogram_log,
+        })
+    }
+
+    /// Returns the number of descriptors attached to the packet.
+    pub fn count(&self) -> usize {
+        usize::from(self.output) + usize::from(self.histogram_log)
+    }
 }
 
 impl StartupMessage {
@@ -919,6 +995,56 @@ mod tests {
         assert_eq!(
             SignReply::decode(&failed_with_bytes.encode()),
             Err(DecodeError::InvalidField("signature of a failed request"))
+        );
+    }
+
+    #[test]
+    fn worker_exited_round_trip_and_checks() {
+        let encoded = encode_worker_exited(4321);
+        assert_eq!(decode_worker_exited(&encoded), Ok(4321));
+        for len in 0..encoded.len() {
+            assert_eq!(
+                decode_worker_exited(&encoded[..len]),
+                Err(DecodeError::Truncated)
+            );
+        }
+        let mut longer = encoded.clone();
+        longer.push(0);
+        assert_eq!(
+            decode_worker_exited(&longer),
+            Err(DecodeError::TrailingBytes(1))
+        );
+        assert_eq!(
+            decode_worker_exited(&encode_worker_exited(0)),
+            Err(DecodeError::InvalidField("pid"))
+        );
+        assert_eq!(
+            decode_worker_exited(&[KIND_METRICS, 1, 0, 0, 0]),
+            Err(DecodeError::UnexpectedKind(KIND_METRICS))
+        );
+    }
+
+    #[test]
+    fn files_reopened_round_trip_and_checks() {
+        for (output, histogram_log) in [(false, false), (true, false), (false, true), (true, true)]
+        {
+            let message = FilesReopened {
+                output,
+                histogram_log,
+            };
+            assert_eq!(FilesReopened::decode(&message.encode()), Ok(message));
+        }
+        assert_eq!(
+            FilesReopened::decode(&[KIND_FILES_REOPENED, 2, 0]),
+            Err(DecodeError::InvalidField("reopened file flag"))
+        );
+        assert_eq!(
+            FilesReopened::decode(&[KIND_FILES_REOPENED, 1]),
+            Err(DecodeError::Truncated)
+        );
+        assert_eq!(
+            FilesReopened::decode(&[KIND_FILES_REOPENED, 1, 1, 0]),
+            Err(DecodeError::TrailingBytes(1))
         );
     }
 

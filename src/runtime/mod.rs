@@ -60,7 +60,8 @@ pub enum RunError {
         service: String,
         reason: String,
     },
-    /// A worker thread failed while running.
+    /// A worker thread, a worker process or a helper process of privilege
+    /// separation failed while running. The message names which.
     Worker(io::Error),
     /// Any other operating-system failure, with what was being done.
     Io {
@@ -99,7 +100,7 @@ impl fmt::Display for RunError {
                 f,
                 "service [{service}]: ktls = on, but {reason}; load the tls module (modprobe tls) or set ktls = auto"
             ),
-            RunError::Worker(err) => write!(f, "a worker failed: {err}"),
+            RunError::Worker(err) => write!(f, "{err}"),
             RunError::Io { action, error } => write!(f, "{action}: {error}"),
         }
     }
@@ -535,8 +536,11 @@ fn run_workers(
     for handle in handles {
         match handle.join() {
             Ok(Ok(())) => {}
-            Ok(Err(err)) => failure = Some(RunError::Worker(err)),
-            Err(_) => failure = Some(RunError::Worker(io::Error::other("worker panicked"))),
+            Ok(Err(err)) => {
+                let message = format!("a worker failed: {err}");
+                failure = Some(RunError::Worker(io::Error::new(err.kind(), message)));
+            }
+            Err(_) => failure = Some(RunError::Worker(io::Error::other("a worker panicked"))),
         }
     }
     notice!("stopped");

@@ -3,7 +3,7 @@
 //! shared by all processes of the machine.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
 use super::check;
@@ -119,6 +119,221 @@ pub fn recv_packet(fd: &OwnedFd, buf: &mut [u8], timeout: Option<Duration>) -> i
     }
 }
 
+/// Receives one packet into `buf` like [`recv_packet`] with no timeout, and
+/// returns the pid of the process that sent it. The kernel attaches the sender's
+/// pid only when `fd` has SO_PASSCRED set, so the pid is `None` on other sockets.
+pub fn recv_packet_with_sender(
+    fd: &OwnedFd,
+    buf: &mut [u8],
+) -> io::Result<(Packet, Option<libc::pid_t>)> {
+    // Room for one SCM_CREDENTIALS message, aligned as cmsghdr requires.
+    let mut control = [0u64; 8];
+    loop {
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: msghdr is plain data, and zeroed is a valid empty header.
+        let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
+        header.msg_iov = &mut iov;
+        header.msg_iovlen = 1;
+        header.msg_control = control.as_mut_ptr().cast();
+        header.msg_controllen = std::mem::size_of_val(&control) as _;
+        // SAFETY: `header` points at `iov`, which describes the live, writable
+        // `buf`, and at the live `control` array with its true size. With
+        // MSG_TRUNC the kernel writes at most `buf.len()` bytes and returns the
+        // packet's full length.
+        let received = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut header, libc::MSG_TRUNC) };
+        if received < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        let sender = sender_pid(&header);
+        let len = received as usize;
+        let packet = if len > buf.len() {
+            Packet::Truncated(len)
+        } else if len > 0 {
+            Packet::Data(len)
+        } else if peer_closed(fd)? {
+            // An empty packet also reads as 0 bytes; only a hang-up means closed.
+            Packet::Closed
+        } else {
+            Packet::Data(0)
+        };
+        return Ok((packet, sender));
+    }
+}
+
+/// Largest number of descriptors [`send_with_fds`] and [`recv_with_fds`] pass in one packet.
+pub const MAX_PASSED_FDS: usize = 4;
+
+/// Sends `message` as one packet with copies of `fds` attached (SCM_RIGHTS),
+/// without waiting. Returns `ErrorKind::WouldBlock` when the peer's queue is full.
+pub fn send_with_fds(fd: &OwnedFd, message: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    if fds.len() > MAX_PASSED_FDS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "too many descriptors for one packet",
+        ));
+    }
+
+    let raw: Vec<libc::c_int> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+    let data_len = std::mem::size_of_val(raw.as_slice());
+    // Room for one SCM_RIGHTS message of MAX_PASSED_FDS descriptors, aligned as
+    // cmsghdr requires.
+    let mut control = [0u64; 8];
+    let mut iov = libc::iovec {
+        iov_base: message.as_ptr().cast_mut().cast(),
+        iov_len: message.len(),
+    };
+    // SAFETY: msghdr is plain data, and zeroed is a valid empty header.
+    let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
+    header.msg_iov = &mut iov;
+    header.msg_iovlen = 1;
+
+    if !raw.is_empty() {
+        header.msg_control = control.as_mut_ptr().cast();
+        // SAFETY: CMSG_SPACE only computes a size from its argument.
+        header.msg_controllen = unsafe { libc::CMSG_SPACE(data_len as u32) } as _;
+        // SAFETY: `control` is live, aligned for cmsghdr and larger than
+        // CMSG_SPACE of MAX_PASSED_FDS descriptors (checked above), so the header
+        // and the copied descriptors stay inside it.
+        unsafe {
+            let entry = libc::CMSG_FIRSTHDR(&header);
+            (*entry).cmsg_level = libc::SOL_SOCKET;
+            (*entry).cmsg_type = libc::SCM_RIGHTS;
+            (*entry).cmsg_len = libc::CMSG_LEN(data_len as u32) as _;
+            std::ptr::copy_nonoverlapping(
+                raw.as_ptr().cast::<u8>(),
+                libc::CMSG_DATA(entry),
+                data_len,
+            );
+        }
+    }
+
+    loop {
+        // SAFETY: `header` points at `iov`, which describes the live `message`
+        // slice that sendmsg only reads, and at the live `control` array.
+        let sent = unsafe {
+            libc::sendmsg(
+                fd.as_raw_fd(),
+                &header,
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            )
+        };
+        if sent >= 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// Receives one packet into `buf`, waiting as long as it takes, with the
+/// descriptors attached to it (SCM_RIGHTS), at most [`MAX_PASSED_FDS`]. The
+/// received descriptors are close-on-exec.
+pub fn recv_with_fds(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<(Packet, Vec<OwnedFd>)> {
+    let mut control = [0u64; 8];
+    loop {
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: msghdr is plain data, and zeroed is a valid empty header.
+        let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
+        header.msg_iov = &mut iov;
+        header.msg_iovlen = 1;
+        header.msg_control = control.as_mut_ptr().cast();
+        header.msg_controllen = std::mem::size_of_val(&control) as _;
+        // SAFETY: `header` points at `iov`, which describes the live, writable
+        // `buf`, and at the live `control` array with its true size.
+        let received = unsafe {
+            libc::recvmsg(
+                fd.as_raw_fd(),
+                &mut header,
+                libc::MSG_TRUNC | libc::MSG_CMSG_CLOEXEC,
+            )
+        };
+        if received < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        let fds = passed_fds(&header);
+        let len = received as usize;
+        let packet = if len > buf.len() {
+            Packet::Truncated(len)
+        } else if len > 0 {
+            Packet::Data(len)
+        } else if peer_closed(fd)? {
+            Packet::Closed
+        } else {
+            Packet::Data(0)
+        };
+        return Ok((packet, fds));
+    }
+}
+
+/// Takes ownership of the descriptors in the SCM_RIGHTS messages of a header
+/// that recvmsg filled.
+fn passed_fds(header: &libc::msghdr) -> Vec<OwnedFd> {
+    let mut fds = Vec::new();
+    // SAFETY: recvmsg set `msg_control` and `msg_controllen` to the control
+    // messages it wrote into the caller's live buffer, and the CMSG macros stay
+    // within that length. Each descriptor in an SCM_RIGHTS message is new in
+    // this process and owned by nothing else.
+    unsafe {
+        let mut message = libc::CMSG_FIRSTHDR(header);
+        while !message.is_null() {
+            let entry = &*message;
+            if entry.cmsg_level == libc::SOL_SOCKET && entry.cmsg_type == libc::SCM_RIGHTS {
+                let data_len = entry.cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                let count = data_len / std::mem::size_of::<libc::c_int>();
+                let data = libc::CMSG_DATA(message);
+                for index in 0..count {
+                    let raw: libc::c_int = std::ptr::read_unaligned(
+                        data.add(index * std::mem::size_of::<libc::c_int>()).cast(),
+                    );
+                    fds.push(OwnedFd::from_raw_fd(raw));
+                }
+            }
+            message = libc::CMSG_NXTHDR(header, message);
+        }
+    }
+    fds
+}
+
+/// Returns the pid of the SCM_CREDENTIALS message in a header that recvmsg filled.
+fn sender_pid(header: &libc::msghdr) -> Option<libc::pid_t> {
+    // SAFETY: recvmsg set `msg_control` and `msg_controllen` to the control
+    // messages it wrote into the caller's live buffer, and the CMSG macros
+    // stay within that length.
+    unsafe {
+        let mut message = libc::CMSG_FIRSTHDR(header);
+        while !message.is_null() {
+            let entry = &*message;
+            let expected_len = libc::CMSG_LEN(std::mem::size_of::<libc::ucred>() as u32) as usize;
+            if entry.cmsg_level == libc::SOL_SOCKET
+                && entry.cmsg_type == libc::SCM_CREDENTIALS
+                && entry.cmsg_len as usize >= expected_len
+            {
+                let credentials: libc::ucred =
+                    std::ptr::read_unaligned(libc::CMSG_DATA(message).cast());
+                return Some(credentials.pid);
+            }
+            message = libc::CMSG_NXTHDR(header, message);
+        }
+    }
+    None
+}
+
 /// Whether the peer of a connected socket has closed its end.
 fn peer_closed(fd: &OwnedFd) -> io::Result<bool> {
     let mut entry = libc::pollfd {
@@ -216,6 +431,28 @@ pub fn reap_child() -> Option<(libc::pid_t, ExitReason)> {
     Some((pid, reason))
 }
 
+/// Waits for child `pid` to end and reaps it, leaving other children to
+/// [`reap_child`]. Returns `None` when `pid` is not a child of this process.
+pub fn wait_child(pid: libc::pid_t) -> Option<ExitReason> {
+    let mut status: libc::c_int = 0;
+    loop {
+        // SAFETY: `status` is a live c_int that waitpid fills in.
+        let reaped = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if reaped == pid {
+            break;
+        }
+        if reaped < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        return None;
+    }
+    Some(if libc::WIFSIGNALED(status) {
+        ExitReason::Signaled(libc::WTERMSIG(status))
+    } else {
+        ExitReason::Exited(libc::WEXITSTATUS(status))
+    })
+}
+
 /// Sends `signal` to process `pid`.
 pub fn kill(pid: libc::pid_t, signal: i32) -> io::Result<()> {
     // SAFETY: kill takes plain integers; a positive `pid` names one process.
@@ -259,5 +496,41 @@ pub fn signal_name(signal: i32) -> &'static str {
         libc::SIGTERM => "SIGTERM",
         libc::SIGSYS => "SIGSYS",
         _ => "unknown signal",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn descriptors_pass_with_packet() {
+        let (sender, receiver) = seqpacket_pair().unwrap();
+        let (mut reader, writer) = io::pipe().unwrap();
+        let writer = OwnedFd::from(writer);
+        send_with_fds(&sender, b"fds", &[writer.as_fd(), writer.as_fd()]).unwrap();
+        drop(writer);
+
+        let mut buf = [0u8; 16];
+        let (packet, fds) = recv_with_fds(&receiver, &mut buf).unwrap();
+        assert_eq!(packet, Packet::Data(3));
+        assert_eq!(&buf[..3], b"fds");
+        assert_eq!(fds.len(), 2);
+
+        let mut passed = io::PipeWriter::from(fds.into_iter().next().unwrap());
+        passed.write_all(b"x").unwrap();
+        let mut byte = [0u8; 1];
+        reader.read_exact(&mut byte).unwrap();
+        assert_eq!(&byte, b"x");
+    }
+
+    #[test]
+    fn too_many_descriptors_rejected() {
+        let (sender, _receiver) = seqpacket_pair().unwrap();
+        let fds = vec![sender.as_fd(); MAX_PASSED_FDS + 1];
+        let err = send_with_fds(&sender, b"", &fds).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
     }
 }
