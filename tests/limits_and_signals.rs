@@ -111,7 +111,9 @@ fn sighup_reopens_the_log_file() {
     let rotated = dir.join("tlsplice.log.1");
     std::fs::rename(&log, &rotated).unwrap();
     proxy.signal(libc::SIGHUP);
-    proxy.wait_for_line(&["log file reopened"]);
+    // The parent's own line, not the metrics process's "metrics process: log
+    // file reopened", which can come first.
+    proxy.wait_for_line(&[" notice log file reopened"]);
 
     let client = client_config(std::slice::from_ref(&cert.der), rustls::ALL_VERSIONS);
     let mut stream = tls_connect(proxy.addr(), &client, "localhost").unwrap();
