@@ -111,6 +111,8 @@ pub fn run(start: KeyStart<'_>, parent: libc::pid_t) -> ! {
         let spawned = std::thread::Builder::new()
             .name(format!("tlsplice-key-{index}"))
             .spawn(move || {
+                // Each thread's random generator state is set up on first use.
+                crate::tls::prepare_random();
                 barrier.wait();
                 barrier.wait();
                 serve(index, &socket, &keys);

@@ -313,6 +313,7 @@ fn check_environment(config: &Config) -> Result<(), ConfigError> {
 pub fn run(config: Config) -> Result<(), RunError> {
     check_environment(&config)?;
     probe_io_uring()?;
+    crate::tls::prepare_random();
     if crate::privsep::enabled(&config.global) {
         return run_separated(&config);
     }

@@ -112,6 +112,8 @@ impl Worker {
                 warning!("worker {}: cannot pin to CPU {cpu}: {err}", config.index);
             }
         }
+        // Set up this thread's random generator before the first handshake.
+        crate::tls::prepare_random();
         // Receive buffers go back to the ring as soon as their completion is
         // handled, so a few hundred serve many thousands of connections. A
         // receive that finds none waits in `starved` until one returns.

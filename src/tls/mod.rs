@@ -125,6 +125,19 @@ fn provider_for(service: &Service) -> CryptoProvider {
 }
 
 /// The protocol version as written in logs: `TLSv1.2` or `TLSv1.3`.
+/// Draws random bytes once, so the crypto library sets up its random generator
+/// now rather than during the first handshake. aws-lc seeds it from CPU jitter
+/// the first time in a process, which took tens of milliseconds here (see
+/// perf/privsep.md), and reseeds it once after a fork. Call it at start and in
+/// each forked process before it serves.
+pub fn prepare_random() {
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    let mut bytes = [0u8; 32];
+    if let Err(err) = provider.secure_random.fill(&mut bytes) {
+        crate::warning!("cannot draw random bytes at start: {err:?}");
+    }
+}
+
 pub fn version_name(version: rustls::ProtocolVersion) -> &'static str {
     match version {
         rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
