@@ -703,7 +703,10 @@ impl Parent<'_> {
         let result = self.supervise();
         self.stop_all();
         if let Err(err) = &result {
-            error!("{err}");
+            // main prints the error on stderr after this function returns.
+            if crate::runtime::logs_beyond_stderr(self.global) {
+                error!("{err}");
+            }
         }
         notice!("stopped");
         result

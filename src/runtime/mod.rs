@@ -331,9 +331,15 @@ pub fn run(config: Config) -> Result<(), RunError> {
 /// Writes a start-up error to the log too: stderr already gets it from main, and
 /// in daemon mode the log file is where operators look.
 fn log_start_error(global: &crate::config::Global, err: &RunError) {
-    if (global.output.is_some() && !global.log_stderr) || global.syslog {
+    if logs_beyond_stderr(global) {
         crate::error!("{err}");
     }
+}
+
+/// Tells whether log lines go somewhere other than stderr (a file or syslog).
+/// Errors are logged only then, because main prints them on stderr anyway.
+pub(crate) fn logs_beyond_stderr(global: &crate::config::Global) -> bool {
+    (global.output.is_some() && !global.log_stderr) || global.syslog
 }
 
 /// Everything of `run` after logging has started.
