@@ -98,14 +98,17 @@ curves = X25519
 TIMEOUTidle = 600
 """
         argv = ["stunnel4", config_path]
-    elif name == "tlsplice":
+    elif name in ("tlsplice", "tlsplice-noprivsep"):
         if not tlsplice_bin or not os.access(tlsplice_bin, os.X_OK):
             raise RuntimeError(f"tlsplice binary not found at {tlsplice_bin}; build it with "
                                "`cargo build --release` or pass --tlsplice PATH")
+        # tlsplice-noprivsep measures what privilege separation (on by default
+        # as root) costs, against the same binary.
+        privsep = "privsep = no\n" if name == "tlsplice-noprivsep" else ""
         config = f"""foreground = yes
 debug = warning
 threads = 1
-[bench]
+{privsep}[bench]
 accept = 127.0.0.1:{port}
 connect = 127.0.0.1:{backend_port}
 cert = {cert}
@@ -114,7 +117,8 @@ ciphersuites = {CIPHERSUITE}
 """
         argv = [tlsplice_bin, config_path]
     else:
-        raise RuntimeError(f"unknown proxy {name}; expected haproxy, stunnel or tlsplice")
+        raise RuntimeError(f"unknown proxy {name}; expected haproxy, stunnel, tlsplice or "
+                           "tlsplice-noprivsep")
 
     with open(config_path, "w") as conf:
         conf.write(config)
