@@ -58,9 +58,14 @@ class LoadRun:
         self.reader.start()
 
     def _read_stderr(self):
-        for line in self.process.stderr:
-            self.stderr_lines.append(line.rstrip())
-            self.lines.put(line)
+        # finish() calls communicate(), which reads and then closes stderr too;
+        # the loop ends there instead of raising in this thread.
+        try:
+            for line in self.process.stderr:
+                self.stderr_lines.append(line.rstrip())
+                self.lines.put(line)
+        except ValueError:
+            pass
 
     def wait_for_line(self, text, timeout):
         deadline = time.monotonic() + timeout
