@@ -96,17 +96,23 @@ fn wait_for_children(proxy: &Proxy, workers: usize) -> (u32, Vec<u32>) {
     }
 }
 
-/// Asserts that process `pid` runs under seccomp with no_new_privs, as a user
-/// other than root, chrooted to `root`. `role_name` names it in failures.
-fn assert_jailed(pid: u32, root: &std::path::Path, role_name: &str) {
-    // A process names its threads before it installs the filter, so wait until
-    // the filter is on (or the deadline passes and the check fails).
+/// Returns /proc/PID/status of `pid` once its seccomp filter is on, or as it is
+/// when the deadline passes (so the caller's checks fail). A process names its
+/// threads before it installs the filter, which is the last step of its jail.
+fn status_once_filtered(pid: u32) -> String {
     let deadline = Instant::now() + WAIT;
     let mut status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     while !status.contains("Seccomp:\t2") && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(20));
         status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     }
+    status
+}
+
+/// Asserts that process `pid` runs under seccomp with no_new_privs, as a user
+/// other than root, chrooted to `root`. `role_name` names it in failures.
+fn assert_jailed(pid: u32, root: &std::path::Path, role_name: &str) {
+    let status = status_once_filtered(pid);
     let value = |key: &str| {
         status
             .lines()
@@ -433,12 +439,7 @@ fn pending_signature_keeps_worker_serving() {
     let dir = TempDir::new("privsep-pending-sign");
     let ecdsa = make_cert(&dir, "ecdsa", KeyKind::EcdsaP256, &["localhost"]);
     let backend = Backend::echo();
-    let config = format!(
-        "privsep = yes\nthreads = 1\n[web]\naccept = 127.0.0.1:0\nconnect = {}\ncert = {}\nkey = {}\n",
-        backend.addr,
-        ecdsa.cert.display(),
-        ecdsa.key.display(),
-    );
+    let config = one_worker_config(&ecdsa, &backend);
     let proxy = Proxy::start_with_env(&config, &[("TLSPLICE_DEBUG_SIGN_DELAY_MS", "1500")]);
     wait_for_workers(&proxy, 1);
 
@@ -615,6 +616,16 @@ fn logged_count(log: &[u8], tag: &str) -> u64 {
         count += histogram.len();
     }
     count
+}
+
+/// One service on one privilege-separated worker, to an echo backend.
+fn one_worker_config(cert: &Cert, backend: &Backend) -> String {
+    format!(
+        "privsep = yes\nthreads = 1\n[web]\naccept = 127.0.0.1:0\nconnect = {}\ncert = {}\nkey = {}\n",
+        backend.addr,
+        cert.cert.display(),
+        cert.key.display(),
+    )
 }
 
 fn metrics_config(cert: &Cert, backend: &Backend, extra: &str) -> String {
@@ -1090,12 +1101,7 @@ fn late_signature_fails_handshake() {
     let dir = TempDir::new("privsep-late-sign");
     let ecdsa = make_cert(&dir, "ecdsa", KeyKind::EcdsaP256, &["localhost"]);
     let backend = Backend::echo();
-    let config = format!(
-        "privsep = yes\nthreads = 1\n[web]\naccept = 127.0.0.1:0\nconnect = {}\ncert = {}\nkey = {}\n",
-        backend.addr,
-        ecdsa.cert.display(),
-        ecdsa.key.display(),
-    );
+    let config = one_worker_config(&ecdsa, &backend);
     // Longer than the 2 second deadline of a signature request.
     let proxy = Proxy::start_with_env(&config, &[("TLSPLICE_DEBUG_SIGN_DELAY_MS", "2600")]);
     let workers = wait_for_workers(&proxy, 1);
@@ -1143,12 +1149,7 @@ fn root_workers_drop_capabilities() {
     let socket = dir.join("backend.sock");
     let unix_backend = std::os::unix::net::UnixListener::bind(&socket).unwrap();
 
-    let tcp_only = format!(
-        "privsep = yes\nthreads = 1\n[web]\naccept = 127.0.0.1:0\nconnect = {}\ncert = {}\nkey = {}\n",
-        backend.addr,
-        cert.cert.display(),
-        cert.key.display(),
-    );
+    let tcp_only = one_worker_config(&cert, &backend);
     let with_unix = format!(
         "{tcp_only}[local]\naccept = 127.0.0.1:0\nconnect = {}\ncert = {}\nkey = {}\n",
         socket.display(),
@@ -1159,15 +1160,10 @@ fn root_workers_drop_capabilities() {
         let proxy = Proxy::start(&config);
         let workers = wait_for_workers(&proxy, 1);
         let worker = workers[0];
-        // Wait until the worker has jailed itself: its filter comes last.
-        let deadline = Instant::now() + WAIT;
-        while !std::fs::read_to_string(format!("/proc/{worker}/status"))
-            .unwrap()
-            .contains("Seccomp:\t2")
-        {
-            assert!(Instant::now() < deadline, "worker {worker} never jailed");
-            thread::sleep(Duration::from_millis(20));
-        }
+        assert!(
+            status_once_filtered(worker).contains("Seccomp:\t2"),
+            "worker {worker} never jailed"
+        );
         assert_eq!(capability_set(worker, "CapEff:"), expected, "{config}");
         assert_eq!(capability_set(worker, "CapPrm:"), expected, "{config}");
         // The parent still binds and restarts as root.

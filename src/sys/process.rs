@@ -96,26 +96,28 @@ pub fn recv_packet(fd: &OwnedFd, buf: &mut [u8], timeout: Option<Duration>) -> i
                 libc::MSG_TRUNC,
             )
         };
-        if received > 0 {
-            let len = received as usize;
-            return Ok(if len > buf.len() {
-                Packet::Truncated(len)
-            } else {
-                Packet::Data(len)
-            });
-        }
-        if received == 0 {
-            // An empty packet also reads as 0 bytes; only a hang-up means closed.
-            return Ok(if peer_closed(fd)? {
-                Packet::Closed
-            } else {
-                Packet::Data(0)
-            });
+        if received >= 0 {
+            return classify(fd, received as usize, buf.len());
         }
         let err = io::Error::last_os_error();
         if err.kind() != io::ErrorKind::Interrupted {
             return Err(err);
         }
+    }
+}
+
+/// Classifies a received packet of full length `len` read into a buffer of
+/// `capacity` bytes.
+fn classify(fd: &OwnedFd, len: usize, capacity: usize) -> io::Result<Packet> {
+    if len > capacity {
+        Ok(Packet::Truncated(len))
+    } else if len > 0 {
+        Ok(Packet::Data(len))
+    } else if peer_closed(fd)? {
+        // An empty packet also reads as 0 bytes, so only a hang-up means closed.
+        Ok(Packet::Closed)
+    } else {
+        Ok(Packet::Data(0))
     }
 }
 
@@ -152,18 +154,7 @@ pub fn recv_packet_with_sender(
             return Err(err);
         }
         let sender = sender_pid(&header);
-        let len = received as usize;
-        let packet = if len > buf.len() {
-            Packet::Truncated(len)
-        } else if len > 0 {
-            Packet::Data(len)
-        } else if peer_closed(fd)? {
-            // An empty packet also reads as 0 bytes; only a hang-up means closed.
-            Packet::Closed
-        } else {
-            Packet::Data(0)
-        };
-        return Ok((packet, sender));
+        return Ok((classify(fd, received as usize, buf.len())?, sender));
     }
 }
 
@@ -267,17 +258,7 @@ pub fn recv_with_fds(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<(Packet, Vec<Ow
             return Err(err);
         }
         let fds = passed_fds(&header);
-        let len = received as usize;
-        let packet = if len > buf.len() {
-            Packet::Truncated(len)
-        } else if len > 0 {
-            Packet::Data(len)
-        } else if peer_closed(fd)? {
-            Packet::Closed
-        } else {
-            Packet::Data(0)
-        };
-        return Ok((packet, fds));
+        return Ok((classify(fd, received as usize, buf.len())?, fds));
     }
 }
 
