@@ -21,7 +21,7 @@ use crate::tls::{Progress, TlsSession};
 /// handshakes of the tests fit. Pages that a step never touches take no memory.
 const STACK_SIZE: usize = 256 * 1024;
 /// Stacks kept for reuse, at most.
-// NOTE: each suspended step holds its own stack, so the memory of a worker grows
+// NOTE: each suspended step keeps its own stack, so the memory of a worker grows
 // with the handshakes that wait for the key process at one time (the pages a
 // step touched, not the whole 256 KiB). Nothing caps that number below maxconn.
 const STACK_POOL_MAX: usize = 64;
