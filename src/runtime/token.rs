@@ -21,8 +21,6 @@ pub enum Kind {
     BackendRecv = 6,
     BackendSend = 7,
     Connect = 8,
-    ClientShutdown = 9,
-    BackendShutdown = 10,
     /// One-shot polls of the kernel TLS relay.
     ClientReadable = 11,
     ClientWritable = 12,
@@ -42,7 +40,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    const ALL: [Kind; 20] = [
+    const ALL: [Kind; 18] = [
         Kind::Accept,
         Kind::Tick,
         Kind::Wake,
@@ -51,8 +49,6 @@ impl Kind {
         Kind::BackendRecv,
         Kind::BackendSend,
         Kind::Connect,
-        Kind::ClientShutdown,
-        Kind::BackendShutdown,
         Kind::ClientReadable,
         Kind::ClientWritable,
         Kind::BackendReadable,

@@ -8,7 +8,7 @@ mod handshake_step;
 mod kernel_tls;
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{Shutdown, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -512,16 +512,6 @@ impl Worker {
             Kind::ClientSend => self.on_send(slot, completion, true),
             Kind::BackendSend => self.on_send(slot, completion, false),
             Kind::Connect => self.on_connect(slot, completion),
-            Kind::ClientShutdown => {
-                let conn = self.conn(slot);
-                conn.client_write_closed = true;
-                self.drive(slot)
-            }
-            Kind::BackendShutdown => {
-                let conn = self.conn(slot);
-                conn.backend_write_closed = true;
-                self.drive(slot)
-            }
             Kind::ClientReadable
             | Kind::ClientWritable
             | Kind::BackendReadable
@@ -1256,22 +1246,10 @@ impl Worker {
             && conn.client_eof
             && backend_drained
             && !conn.backend_write_closed
-            && !conn.is_inflight(Kind::BackendShutdown)
         {
-            let fd = conn
-                .backend
-                .as_ref()
-                .map(AsRawFd::as_raw_fd)
-                .expect("backend socket");
-            conn.set_inflight(Kind::BackendShutdown);
-            let generation = conn.generation;
-            self.ring.submit(
-                Token::new(Kind::BackendShutdown, slot, generation).encode(),
-                Op::Shutdown {
-                    fd,
-                    how: libc::SHUT_WR,
-                },
-            )?;
+            let backend = conn.backend.as_ref().expect("backend socket");
+            shut_write(SockRef::from(backend), "backend");
+            conn.backend_write_closed = true;
         }
 
         // Backend EOF becomes close_notify, then FIN, toward the client.
@@ -1287,21 +1265,9 @@ impl Worker {
             return self.drive(slot);
         }
         let conn = self.conn(slot);
-        if conn.close_notify_queued
-            && client_drained
-            && !conn.client_write_closed
-            && !conn.is_inflight(Kind::ClientShutdown)
-        {
-            let fd = conn.client.as_raw_fd();
-            conn.set_inflight(Kind::ClientShutdown);
-            let generation = conn.generation;
-            self.ring.submit(
-                Token::new(Kind::ClientShutdown, slot, generation).encode(),
-                Op::Shutdown {
-                    fd,
-                    how: libc::SHUT_WR,
-                },
-            )?;
+        if conn.close_notify_queued && client_drained && !conn.client_write_closed {
+            shut_write(SockRef::from(&conn.client), "client");
+            conn.client_write_closed = true;
         }
 
         let conn = self.conn(slot);
@@ -1550,5 +1516,15 @@ pub fn display_address(address: &Address) -> String {
     match address {
         Address::Inet(addr) => addr.to_string(),
         Address::Unix(path) => path.display().to_string(),
+    }
+}
+
+/// Sends a FIN on `socket`. The syscall returns at once; as a ring operation,
+/// IORING_OP_SHUTDOWN always goes to an io-wq thread, and waking that thread
+/// cost more than the shutdown itself. A failure means the peer already reset
+/// the connection, which the next receive reports.
+fn shut_write(socket: SockRef<'_>, peer: &str) {
+    if let Err(err) = socket.shutdown(Shutdown::Write) {
+        debug!("cannot shut down the {peer} socket for writing: {err}");
     }
 }

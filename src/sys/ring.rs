@@ -39,7 +39,6 @@ pub const ALLOWED_OPCODES: &[(u8, &str)] = &[
         opcode::LinkTimeout::CODE,
         "IORING_OP_LINK_TIMEOUT (Op::Connect)",
     ),
-    (opcode::Shutdown::CODE, "IORING_OP_SHUTDOWN (Op::Shutdown)"),
     (opcode::Timeout::CODE, "IORING_OP_TIMEOUT (Op::Timeout)"),
     (opcode::Read::CODE, "IORING_OP_READ (Op::ReadEventfd)"),
     (
@@ -80,8 +79,6 @@ pub enum Op {
         addr: Box<SockAddr>,
         timeout: Duration,
     },
-    /// shutdown(2) with `libc::SHUT_WR` or another `how`.
-    Shutdown { fd: RawFd, how: i32 },
     /// Wait for `after`; completes with `ETIME`.
     Timeout { after: Duration },
     /// Read the 8-byte counter of an eventfd.
@@ -298,11 +295,6 @@ impl Ring {
                 self.reserve(2)?;
                 self.push(connect.user_data(connect_slot))?;
                 self.push(link.user_data(timeout_slot))
-            }
-            Op::Shutdown { fd, how } => {
-                let entry = opcode::Shutdown::new(Fd(fd), how).build();
-                let slot = self.insert(tag, Held::Nothing, false, false);
-                self.push(entry.user_data(slot))
             }
             Op::Timeout { after } => {
                 let timespec = Box::new(timespec(after));

@@ -59,8 +59,8 @@ const LEGACY: &[libc::c_long] = &[libc::SYS_poll];
 const LEGACY: &[libc::c_long] = &[];
 
 /// Extra syscalls of a worker: its io_uring, backend sockets (created, bound to
-/// `local`, and tuned), the addresses it logs, and the kernel TLS relay.
-/// Connect, accept, send and receive go through the ring.
+/// `local`, and tuned), the addresses it logs, half-closes, and the kernel TLS
+/// relay. Connect, accept, send and receive go through the ring.
 const WORKER: &[libc::c_long] = &[
     libc::SYS_io_uring_enter,
     libc::SYS_socket,
@@ -69,6 +69,8 @@ const WORKER: &[libc::c_long] = &[
     libc::SYS_getsockopt,
     libc::SYS_getsockname,
     libc::SYS_getpeername,
+    // Half-close: a FIN toward the client or the backend.
+    libc::SYS_shutdown,
     // The kernel TLS relay: pipes, and splice between a socket and a pipe.
     libc::SYS_pipe2,
     libc::SYS_splice,
