@@ -1050,6 +1050,49 @@ fn sighup_reopens_metrics_files() {
     assert!(!old_log.contains(summary), "{old_log}");
 }
 
+/// The scheduling policy of thread `tid` of `pid`: field 41 of its stat file.
+fn sched_policy(pid: u32, tid: &str) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).unwrap();
+    // The command name may hold spaces; the fields after it start at field 3.
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    after_name.split(' ').nth(41 - 3).unwrap().parse().unwrap()
+}
+
+/// The key threads run under SCHED_BATCH, so that a sign request does not
+/// preempt the worker that sent it (see perf/privsep.md).
+#[test]
+fn key_threads_run_under_sched_batch() {
+    let dir = TempDir::new("privsep-key-policy");
+    let cert = make_cert(&dir, "ecdsa", KeyKind::EcdsaP256, &["localhost"]);
+    let backend = Backend::echo();
+    let proxy = Proxy::start(&metrics_config(&cert, &backend, ""));
+    let workers = wait_for_workers(&proxy, 2);
+    let key = children(proxy.pid())
+        .into_iter()
+        .find(|pid| role(*pid) == Some(Role::Key))
+        .unwrap();
+    // The threads set their policy before the filter goes on.
+    status_once_filtered(key);
+
+    // The policies of the threads of `pid` whose names start with `prefix`.
+    let policies = |pid: u32, prefix: &str| -> Vec<u32> {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+        tasks
+            .flatten()
+            .filter(|task| {
+                let name = std::fs::read_to_string(task.path().join("comm")).unwrap();
+                name.starts_with(prefix)
+            })
+            .map(|task| sched_policy(pid, &task.file_name().into_string().unwrap()))
+            .collect()
+    };
+    let batch = libc::SCHED_BATCH as u32;
+    assert_eq!(policies(key, "tlsplice-key"), [batch, batch]);
+    for pid in workers {
+        assert_eq!(policies(pid, "tlsplice-worke"), [libc::SCHED_OTHER as u32]);
+    }
+}
+
 #[test]
 fn killed_key_process_stops_tlsplice() {
     let dir = TempDir::new("privsep-key-killed");

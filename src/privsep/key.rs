@@ -113,6 +113,12 @@ pub fn run(start: KeyStart<'_>, parent: libc::pid_t) -> ! {
             .spawn(move || {
                 // Each thread's random generator state is set up on first use.
                 crate::tls::prepare_random();
+                // A request then does not preempt the worker that sent it.
+                if let Err(err) = process::set_batch_scheduling() {
+                    warning!(
+                        "key process: cannot set the SCHED_BATCH policy ({err}); signatures cost more context switches"
+                    );
+                }
                 barrier.wait();
                 barrier.wait();
                 serve(index, &socket, &keys);

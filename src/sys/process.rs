@@ -1,6 +1,7 @@
 //! Syscalls for privilege separation: packet socketpairs between processes, child
-//! reaping, signals to children, the parent-death signal, and the monotonic clock
-//! shared by all processes of the machine.
+//! reaping, signals to children, the parent-death signal, the key threads'
+//! scheduling policy, and the monotonic clock shared by all processes of the
+//! machine.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -478,6 +479,15 @@ pub fn signal_name(signal: i32) -> &'static str {
         libc::SIGSYS => "SIGSYS",
         _ => "unknown signal",
     }
+}
+
+/// Moves the calling thread to SCHED_BATCH: its wake-ups no longer preempt the
+/// thread running on that CPU, so it runs when that thread waits or its time
+/// slice ends.
+pub fn set_batch_scheduling() -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a live sched_param; pid 0 is the calling thread.
+    check(unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) }).map(drop)
 }
 
 #[cfg(test)]
