@@ -1050,10 +1050,11 @@ fn sighup_reopens_metrics_files() {
     assert!(!old_log.contains(summary), "{old_log}");
 }
 
-/// The scheduling policy of thread `tid` of `pid`: field 41 of its stat file.
+/// Reads the scheduling policy of thread `tid` of `pid`: field 41 of its stat file.
 fn sched_policy(pid: u32, tid: &str) -> u32 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).unwrap();
-    // The command name may hold spaces; the fields after it start at field 3.
+    // The command name may contain spaces, so count from the ')' that ends it.
+    // The field after that is field 3.
     let after_name = &stat[stat.rfind(')').unwrap() + 2..];
     after_name.split(' ').nth(41 - 3).unwrap().parse().unwrap()
 }

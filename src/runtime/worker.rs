@@ -1519,10 +1519,10 @@ pub fn display_address(address: &Address) -> String {
     }
 }
 
-/// Sends a FIN on `socket`. The syscall returns at once; as a ring operation,
-/// IORING_OP_SHUTDOWN always goes to an io-wq thread, and waking that thread
-/// cost more than the shutdown itself. A failure means the peer already reset
-/// the connection, which the next receive reports.
+/// Sends a FIN on `socket` with the shutdown syscall, which returns at once. The
+/// kernel runs IORING_OP_SHUTDOWN on an io-wq thread and never inline, so as a
+/// ring operation each half-close would wake that thread. A failure means the
+/// peer already reset the connection, and the next receive reports that.
 fn shut_write(socket: SockRef<'_>, peer: &str) {
     if let Err(err) = socket.shutdown(Shutdown::Write) {
         debug!("cannot shut down the {peer} socket for writing: {err}");
