@@ -533,22 +533,6 @@ fn one_worker_logged_in_singular() {
     }
 }
 
-/// Returns the pids of `pid`'s children, read from every thread's list.
-fn child_pids(pid: u32) -> Vec<u32> {
-    let mut found = Vec::new();
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return found;
-    };
-    for task in tasks.flatten() {
-        let text = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-        found.extend(
-            text.split_whitespace()
-                .map(|child| child.parse::<u32>().unwrap()),
-        );
-    }
-    found
-}
-
 #[test]
 fn inherited_descriptor_closed_at_start() {
     let dir = TempDir::new("inherited-fd");

@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -24,22 +24,6 @@ enum Role {
     Key,
     Metrics,
     Worker,
-}
-
-/// The direct children of `pid`.
-fn children(pid: u32) -> Vec<u32> {
-    let mut found = Vec::new();
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return found;
-    };
-    for task in tasks.flatten() {
-        let text = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-        found.extend(
-            text.split_whitespace()
-                .map(|pid| pid.parse::<u32>().unwrap()),
-        );
-    }
-    found
 }
 
 /// Returns a child's role, read from the names of its threads, or `None` while
@@ -71,7 +55,7 @@ fn wait_for_workers(proxy: &Proxy, workers: usize) -> Vec<u32> {
 fn wait_for_children(proxy: &Proxy, workers: usize) -> (u32, Vec<u32>) {
     let deadline = Instant::now() + WAIT;
     loop {
-        let roles: Vec<(u32, Option<Role>)> = children(proxy.pid())
+        let roles: Vec<(u32, Option<Role>)> = child_pids(proxy.pid())
             .into_iter()
             .map(|pid| (pid, role(pid)))
             .collect();
@@ -500,23 +484,6 @@ fn pending_signature_keeps_worker_serving() {
 /// Bytes each metrics test connection sends; the echo backend returns them.
 const ECHOED: usize = 100;
 
-/// Sends a GET to the stats listener; returns the body.
-fn stats_get(addr: SocketAddr, path: &str) -> String {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(WAIT)).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: stats\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    body.to_string()
-}
-
-fn stats_address(proxy: &Proxy) -> SocketAddr {
-    let line = proxy.wait_for_line(&["stats listening on "]);
-    line.rsplit(' ').next().unwrap().parse().unwrap()
-}
-
 /// Polls /stats.json until `accepted` connections are counted and none is
 /// active; returns the document.
 fn wait_for_counts(stats: SocketAddr, accepted: u64) -> serde_json::Value {
@@ -654,7 +621,7 @@ fn metrics_process_merges_both_workers() {
         &metrics_config(&cert, &backend, &extra),
         &[("TLSPLICE_DEBUG_MALFORMED_METRICS", "garbage")],
     );
-    let stats = stats_address(&proxy);
+    let stats = proxy.stats_address();
     let (metrics, workers) = wait_for_children(&proxy, 2);
     assert_jailed(metrics, &root, "metrics process");
 
@@ -731,7 +698,7 @@ fn metrics_survive_worker_kill() {
     let cert = make_cert(&dir, "ecdsa", KeyKind::EcdsaP256, &["localhost"]);
     let backend = Backend::echo();
     let mut proxy = Proxy::start(&metrics_config(&cert, &backend, ""));
-    let stats = stats_address(&proxy);
+    let stats = proxy.stats_address();
     let workers = wait_for_workers(&proxy, 2);
 
     let served = connect_until_each_worker_served(&proxy, &cert, &workers, 2);
@@ -837,7 +804,7 @@ fn killed_workers_connections_count_closed() {
     let cert = make_cert(&dir, "ecdsa", KeyKind::EcdsaP256, &["localhost"]);
     let backend = Backend::echo();
     let mut proxy = Proxy::start(&metrics_config(&cert, &backend, ""));
-    let stats = stats_address(&proxy);
+    let stats = proxy.stats_address();
     let workers = wait_for_workers(&proxy, 2);
 
     let config = client_config(std::slice::from_ref(&cert.der), rustls::ALL_VERSIONS);
@@ -879,19 +846,7 @@ fn killed_workers_connections_count_closed() {
 
 /// Waits until the interval log at `path` contains an interval line.
 fn wait_for_interval(path: &std::path::Path) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let log = std::fs::read(path).unwrap_or_default();
-        if log.windows(4).any(|window| window == b"Tag=") {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no interval in {}",
-            path.display()
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_text(path, "Tag=");
 }
 
 #[test]
@@ -940,7 +895,7 @@ fn killed_metrics_process_is_restarted() {
     let cert = make_cert(&dir, "ecdsa", KeyKind::EcdsaP256, &["localhost"]);
     let backend = Backend::echo();
     let mut proxy = Proxy::start(&metrics_config(&cert, &backend, ""));
-    let stats = stats_address(&proxy);
+    let stats = proxy.stats_address();
     let (metrics, workers) = wait_for_children(&proxy, 2);
     let files_before = open_files(metrics);
 
@@ -1068,7 +1023,7 @@ fn key_threads_run_under_sched_batch() {
     let backend = Backend::echo();
     let proxy = Proxy::start(&metrics_config(&cert, &backend, ""));
     let workers = wait_for_workers(&proxy, 2);
-    let key = children(proxy.pid())
+    let key = child_pids(proxy.pid())
         .into_iter()
         .find(|pid| role(*pid) == Some(Role::Key))
         .unwrap();
@@ -1101,7 +1056,7 @@ fn killed_key_process_stops_tlsplice() {
     let backend = Backend::echo();
     let mut proxy = Proxy::start(&metrics_config(&cert, &backend, ""));
     wait_for_workers(&proxy, 2);
-    let key = children(proxy.pid())
+    let key = child_pids(proxy.pid())
         .into_iter()
         .find(|pid| role(*pid) == Some(Role::Key))
         .unwrap();

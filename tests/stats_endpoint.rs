@@ -3,22 +3,9 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::*;
-
-/// Sends a GET to the stats listener; returns the body.
-fn get(addr: SocketAddr, path: &str) -> String {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(WAIT)).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: stats\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    body.to_string()
-}
 
 #[test]
 fn stats_match_known_traffic() {
@@ -44,8 +31,7 @@ fn stats_match_known_traffic() {
         cert.cert.display(),
         cert.key.display()
     ));
-    let line = proxy.wait_for_line(&["stats listening on "]);
-    let stats: SocketAddr = line.rsplit(' ').next().unwrap().parse().unwrap();
+    let stats = proxy.stats_address();
 
     let config = client_config(std::slice::from_ref(&cert.der), rustls::ALL_VERSIONS);
     for _ in 0..CONNECTIONS {
@@ -64,7 +50,8 @@ fn stats_match_known_traffic() {
     // Workers publish every 250 ms; poll until all connections are counted.
     let deadline = Instant::now() + WAIT;
     let json: serde_json::Value = loop {
-        let json: serde_json::Value = serde_json::from_str(&get(stats, "/stats.json")).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(&stats_get(stats, "/stats.json")).unwrap();
         let closed = json["total"]["counters"]["closed"]["done"]
             .as_u64()
             .unwrap_or(0);
@@ -106,7 +93,7 @@ fn stats_match_known_traffic() {
     assert_eq!(service["name"], "web");
     assert_eq!(service["counters"]["accepted"], CONNECTIONS as u64);
 
-    let metrics = get(stats, "/metrics");
+    let metrics = stats_get(stats, "/metrics");
     assert!(
         metrics.lines().any(
             |line| line.starts_with("tlsplice_connections_accepted_total")

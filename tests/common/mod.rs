@@ -709,3 +709,40 @@ impl Proxy {
         Proxy::spawn(&mut command, 1, dir)
     }
 }
+
+/// Returns the pids of `pid`'s children, read from every thread's list.
+pub fn child_pids(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return found;
+    };
+    for task in tasks.flatten() {
+        let text = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        found.extend(
+            text.split_whitespace()
+                .map(|child| child.parse::<u32>().unwrap()),
+        );
+    }
+    found
+}
+
+/// Sends a GET to the stats listener at `addr`; returns the body of its 200
+/// response.
+pub fn stats_get(addr: SocketAddr, path: &str) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: stats\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
+}
+
+impl Proxy {
+    /// Waits for the log line of the stats listener; returns its address.
+    pub fn stats_address(&self) -> SocketAddr {
+        let line = self.wait_for_line(&["stats listening on "]);
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    }
+}
