@@ -129,7 +129,19 @@ pub fn recv_packet_with_sender(
     fd: &OwnedFd,
     buf: &mut [u8],
 ) -> io::Result<(Packet, Option<libc::pid_t>)> {
-    // Room for one SCM_CREDENTIALS message, aligned as cmsghdr requires.
+    recv_with_control(fd, buf, 0, sender_pid)
+}
+
+/// Receives one packet into `buf` with recvmsg, waiting as long as it takes, and
+/// returns what `read_control` takes from the control messages that came with it.
+fn recv_with_control<T>(
+    fd: &OwnedFd,
+    buf: &mut [u8],
+    flags: libc::c_int,
+    read_control: impl Fn(&libc::msghdr) -> T,
+) -> io::Result<(Packet, T)> {
+    // Room for one SCM_CREDENTIALS message, or one SCM_RIGHTS message of
+    // MAX_PASSED_FDS descriptors, aligned as cmsghdr requires.
     let mut control = [0u64; 8];
     loop {
         let mut iov = libc::iovec {
@@ -146,7 +158,8 @@ pub fn recv_packet_with_sender(
         // `buf`, and at the live `control` array with its true size. With
         // MSG_TRUNC the kernel writes at most `buf.len()` bytes and returns the
         // packet's full length.
-        let received = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut header, libc::MSG_TRUNC) };
+        let received =
+            unsafe { libc::recvmsg(fd.as_raw_fd(), &mut header, libc::MSG_TRUNC | flags) };
         if received < 0 {
             let err = io::Error::last_os_error();
             if err.kind() == io::ErrorKind::Interrupted {
@@ -154,8 +167,8 @@ pub fn recv_packet_with_sender(
             }
             return Err(err);
         }
-        let sender = sender_pid(&header);
-        return Ok((classify(fd, received as usize, buf.len())?, sender));
+        let taken = read_control(&header);
+        return Ok((classify(fd, received as usize, buf.len())?, taken));
     }
 }
 
@@ -230,37 +243,7 @@ pub fn send_with_fds(fd: &OwnedFd, message: &[u8], fds: &[BorrowedFd<'_>]) -> io
 /// descriptors attached to it (SCM_RIGHTS), at most [`MAX_PASSED_FDS`]. The
 /// received descriptors are close-on-exec.
 pub fn recv_with_fds(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<(Packet, Vec<OwnedFd>)> {
-    let mut control = [0u64; 8];
-    loop {
-        let mut iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
-        // SAFETY: msghdr is plain data, and zeroed is a valid empty header.
-        let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
-        header.msg_iov = &mut iov;
-        header.msg_iovlen = 1;
-        header.msg_control = control.as_mut_ptr().cast();
-        header.msg_controllen = std::mem::size_of_val(&control) as _;
-        // SAFETY: `header` points at `iov`, which describes the live, writable
-        // `buf`, and at the live `control` array with its true size.
-        let received = unsafe {
-            libc::recvmsg(
-                fd.as_raw_fd(),
-                &mut header,
-                libc::MSG_TRUNC | libc::MSG_CMSG_CLOEXEC,
-            )
-        };
-        if received < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err);
-        }
-        let fds = passed_fds(&header);
-        return Ok((classify(fd, received as usize, buf.len())?, fds));
-    }
+    recv_with_control(fd, buf, libc::MSG_CMSG_CLOEXEC, passed_fds)
 }
 
 /// Takes ownership of the descriptors in the SCM_RIGHTS messages of a header
