@@ -182,15 +182,7 @@ impl Driver {
         for (stage, request) in Stage::ALL.into_iter().zip(pumped.splices) {
             if let Some(request) = request {
                 self.splices_in_flight += 1;
-                ring.submit(
-                    stage as u64,
-                    Op::Splice {
-                        fd_in: request.fd_in,
-                        fd_out: request.fd_out,
-                        len: request.len,
-                        flags: request.flags,
-                    },
-                )?;
+                ring.submit(stage as u64, request.op())?;
             }
         }
         Ok(())

@@ -35,6 +35,7 @@ use rustls::ProtocolVersion;
 
 use crate::log::CloseReason;
 use crate::sys::ktls as sys;
+use crate::sys::ring::Op;
 use crate::tls::kernel::{
     self, ControlRecord, KernelTlsSupport, KeyLimitAction, RecordBudget, CONTROL_RECORD_BUFFER_LEN,
 };
@@ -152,6 +153,18 @@ pub struct SpliceRequest {
     pub fd_out: RawFd,
     pub len: u32,
     pub flags: u32,
+}
+
+impl SpliceRequest {
+    /// Returns the ring operation that carries out this request.
+    pub fn op(self) -> Op {
+        Op::Splice {
+            fd_in: self.fd_in,
+            fd_out: self.fd_out,
+            len: self.len,
+            flags: self.flags,
+        }
+    }
 }
 
 /// The condition the next ring-mode splice into a pipe waits for.

@@ -373,15 +373,7 @@ impl Worker {
             let conn = self.conn(slot);
             conn.set_inflight(kind);
             let tag = Token::new(kind, slot, conn.generation).encode();
-            self.ring.submit(
-                tag,
-                Op::Splice {
-                    fd_in: request.fd_in,
-                    fd_out: request.fd_out,
-                    len: request.len,
-                    flags: request.flags,
-                },
-            )?;
+            self.ring.submit(tag, request.op())?;
         }
         Ok(())
     }
