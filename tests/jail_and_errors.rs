@@ -510,18 +510,22 @@ fn check_counts_services_and_sni_routes() {
     }
 }
 
+/// The `privsep` settings to run a test with: both as root, and only `no`
+/// otherwise, because privilege separation needs root.
+fn privsep_modes() -> &'static [&'static str] {
+    if is_root() {
+        &["privsep = no", "privsep = yes"]
+    } else {
+        &["privsep = no"]
+    }
+}
+
 #[test]
 fn one_worker_logged_in_singular() {
     let dir = TempDir::new("one-worker");
     let cert = make_cert(&dir, "server", KeyKind::EcdsaP256, &["localhost"]);
     let backend = Backend::echo();
-    // Privilege separation is possible only as root.
-    let modes: &[&str] = if is_root() {
-        &["privsep = no", "privsep = yes"]
-    } else {
-        &["privsep = no"]
-    };
-    for mode in modes {
+    for mode in privsep_modes() {
         let proxy = Proxy::start(&format!(
             "{mode}\nthreads = 1\naccept = 127.0.0.1:0\nconnect = {}\ncert = {}\nkey = {}\n",
             backend.addr,
@@ -538,14 +542,8 @@ fn inherited_descriptor_closed_at_start() {
     let dir = TempDir::new("inherited-fd");
     let cert = make_cert(&dir, "server", KeyKind::EcdsaP256, &["localhost"]);
     let backend = Backend::echo();
-    // Privilege separation is possible only as root; there the children are
-    // checked too.
-    let modes: &[&str] = if is_root() {
-        &["privsep = no", "privsep = yes"]
-    } else {
-        &["privsep = no"]
-    };
-    for mode in modes {
+    // With privilege separation the children are checked too.
+    for mode in privsep_modes() {
         let config = dir.write(
             "inherited.conf",
             &format!(
