@@ -369,18 +369,7 @@ fn killed_worker_is_restarted() {
     assert!(line.contains("restarting"), "{line}");
     let at_kill = succeeded.load(Ordering::Relaxed);
 
-    let deadline = Instant::now() + WAIT;
-    let after = loop {
-        let after = wait_for_workers(&proxy, 2);
-        if !after.contains(&victim) {
-            break after;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "worker {victim} was not replaced"
-        );
-        thread::sleep(Duration::from_millis(20));
-    };
+    let after = wait_for_replacement(&proxy, &[victim], 2);
     assert!(
         after.contains(&before[1]),
         "the other worker was restarted too"
@@ -707,24 +696,7 @@ fn metrics_survive_worker_kill() {
     wait_for_counts(stats, before as u64);
 
     let victim = workers[0];
-    assert!(Command::new("kill")
-        .args(["-KILL", &victim.to_string()])
-        .status()
-        .unwrap()
-        .success());
-    proxy.wait_for_line(&[&format!("(pid {victim}) was killed by signal 9 (SIGKILL)")]);
-    let deadline = Instant::now() + WAIT;
-    let after = loop {
-        let after = wait_for_workers(&proxy, 2);
-        if !after.contains(&victim) {
-            break after;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "worker {victim} was not replaced"
-        );
-        thread::sleep(Duration::from_millis(20));
-    };
+    let after = kill_workers(&proxy, &[victim], 2);
 
     // The victim's connections are still counted.
     let json: serde_json::Value = serde_json::from_str(&stats_get(stats, "/stats.json")).unwrap();
@@ -772,8 +744,9 @@ fn wait_for_counters(
     }
 }
 
-/// Sends SIGKILL to each of `pids` and waits until the parent has replaced them.
-fn kill_workers(proxy: &Proxy, pids: &[u32]) -> Vec<u32> {
+/// Sends SIGKILL to each of `pids` and waits until the parent has replaced them;
+/// returns the pids of the `workers` workers then running.
+fn kill_workers(proxy: &Proxy, pids: &[u32], workers: usize) -> Vec<u32> {
     for pid in pids {
         assert!(Command::new("kill")
             .args(["-KILL", &pid.to_string()])
@@ -784,15 +757,21 @@ fn kill_workers(proxy: &Proxy, pids: &[u32]) -> Vec<u32> {
     for pid in pids {
         proxy.wait_for_line(&[&format!("(pid {pid}) was killed by signal 9 (SIGKILL)")]);
     }
+    wait_for_replacement(proxy, pids, workers)
+}
+
+/// Waits until `workers` workers run and none of them is one of `gone`; returns
+/// their pids.
+fn wait_for_replacement(proxy: &Proxy, gone: &[u32], workers: usize) -> Vec<u32> {
     let deadline = Instant::now() + WAIT;
     loop {
-        let after = wait_for_workers(proxy, pids.len());
-        if !after.iter().any(|pid| pids.contains(pid)) {
+        let after = wait_for_workers(proxy, workers);
+        if !after.iter().any(|pid| gone.contains(pid)) {
             return after;
         }
         assert!(
             Instant::now() < deadline,
-            "workers {pids:?} were not replaced"
+            "workers {gone:?} were not replaced"
         );
         thread::sleep(Duration::from_millis(20));
     }
@@ -818,7 +797,7 @@ fn killed_workers_connections_count_closed() {
         counters["accepted"] == 4 && counters["active"] == 4
     });
 
-    kill_workers(&proxy, &workers);
+    kill_workers(&proxy, &workers, workers.len());
     let counters = wait_for_counters(stats, "no active connection", |counters| {
         counters["active"] == 0
     });
