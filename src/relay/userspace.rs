@@ -41,16 +41,29 @@ impl UserspaceRelay {
             return result;
         }
 
-        self.partial_record.extend_from_slice(received);
-        let mut pending = std::mem::take(&mut self.partial_record);
+        let mut pending = self.take_pending(received);
         let result = tls.read(&mut pending, &mut self.to_client, &mut self.to_backend);
-        if let Ok(progress) = &result {
+        self.keep_partial(pending, &result);
+        result
+    }
+
+    /// Returns the input of the next read: the partial record kept from the last
+    /// read, taken from the relay, followed by `received`.
+    pub fn take_pending(&mut self, received: &[u8]) -> Vec<u8> {
+        let mut pending = std::mem::take(&mut self.partial_record);
+        pending.extend_from_slice(received);
+        pending
+    }
+
+    /// Keeps the bytes of `input` that the read with `result` did not consume,
+    /// the start of an incomplete record, unless the client closed.
+    pub fn keep_partial(&mut self, mut input: Vec<u8>, result: &Result<Progress, rustls::Error>) {
+        if let Ok(progress) = result {
             if !progress.peer_closed {
-                pending.drain(..progress.consumed);
-                self.partial_record = pending;
+                input.drain(..progress.consumed);
+                self.partial_record = input;
             }
         }
-        result
     }
 
     /// Encrypts bytes received from the backend into records for the client.

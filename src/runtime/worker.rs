@@ -85,9 +85,10 @@ pub struct Worker {
     shutdown_timeout: Duration,
     stop_deadline: Option<Instant>,
     metrics: WorkerMetrics,
-    /// Suspendable handshake steps, when the keys live in the key process.
-    steps: Option<Steps>,
-    /// The socket that replies from the key process arrive on.
+    /// The stacks of suspendable handshake steps, used only with `key_link`.
+    steps: Steps,
+    /// The socket that replies from the key process arrive on, when the keys
+    /// live there.
     key_link: Option<RawFd>,
     key_recv_armed: bool,
     /// Steps waiting for a signature, with their connection's slot and generation.
@@ -157,7 +158,7 @@ impl Worker {
             shutdown_timeout: config.shutdown_timeout,
             stop_deadline: None,
             metrics: config.metrics,
-            steps: key_link.map(|_| Steps::default()),
+            steps: Steps::default(),
             key_link,
             key_recv_armed: false,
             suspended: Vec::new(),
@@ -561,10 +562,13 @@ impl Worker {
         let conn = self.conn(slot);
         conn.last_activity = now;
         conn.first_byte_at.get_or_insert(now);
-        if self.steps.is_some() && self.conn(slot).tls.may_sign() {
-            let data = self.ring.received(&received).to_vec();
+        if self.key_link.is_some() && self.conn(slot).tls.may_sign() {
+            let Slot::Used(conn) = &mut self.slots[slot as usize] else {
+                unreachable!()
+            };
+            let input = conn.relay.take_pending(self.ring.received(&received));
             self.ring.recycle(received);
-            return self.start_handshake_step(slot, data);
+            return self.start_handshake_step(slot, input);
         }
         let result = {
             let Slot::Used(conn) = &mut self.slots[slot as usize] else {
@@ -580,24 +584,15 @@ impl Worker {
         self.after_tls_read(slot, result)
     }
 
-    /// Runs one suspendable handshake step over `data`, after any partial
-    /// record already buffered, with the connection's TLS session lent to it.
-    fn start_handshake_step(&mut self, slot: u32, data: Vec<u8>) -> io::Result<()> {
+    /// Runs one suspendable handshake step over `input`, which starts with the
+    /// connection's partial record if it had one, with its TLS session lent to
+    /// the step.
+    fn start_handshake_step(&mut self, slot: u32, input: Vec<u8>) -> io::Result<()> {
         let conn = self.conn(slot);
-        let input = if conn.relay.partial_record.is_empty() {
-            data
-        } else {
-            let mut input = std::mem::take(&mut conn.relay.partial_record);
-            input.extend_from_slice(&data);
-            input
-        };
         let tls = conn.tls.lend();
         conn.set_inflight(Kind::HandshakeStep);
         let generation = conn.generation;
-        let Some(steps) = &mut self.steps else {
-            unreachable!("handshake steps start only when signing is remote");
-        };
-        let state = steps.start(tls, input)?;
+        let state = self.steps.start(tls, input)?;
         self.on_step_state(slot, generation, state)
     }
 
@@ -681,19 +676,13 @@ impl Worker {
             return Ok(());
         };
         let (slot, generation, step) = self.suspended.swap_remove(index);
-        let Some(steps) = &mut self.steps else {
-            unreachable!("steps are suspended only when signing is remote");
-        };
-        let state = steps.resume(step, Some(packet));
+        let state = self.steps.resume(step, Some(packet));
         self.on_step_state(slot, generation, state)
     }
 
     /// Resumes `step` without a reply, so its signature and handshake fail.
     fn give_up_step(&mut self, slot: u32, generation: u32, step: Suspended) -> io::Result<()> {
-        let Some(steps) = &mut self.steps else {
-            unreachable!("steps are suspended only when signing is remote");
-        };
-        let state = steps.resume(step, None);
+        let state = self.steps.resume(step, None);
         self.on_step_state(slot, generation, state)
     }
 
@@ -720,10 +709,7 @@ impl Worker {
             .position(|(owner, _, _)| *owner == slot)
         {
             let (_, generation, step) = self.suspended.swap_remove(index);
-            let Some(steps) = &mut self.steps else {
-                unreachable!("steps are suspended only when signing is remote");
-            };
-            match steps.resume(step, None) {
+            match self.steps.resume(step, None) {
                 // The step failed its signature and asked for another one,
                 // which fails the same way on the next turn of this loop.
                 State::Suspended(step) => self.suspended.push((slot, generation, step)),
@@ -739,7 +725,7 @@ impl Worker {
     fn on_step_done(&mut self, slot: u32, output: Box<Output>) -> io::Result<()> {
         let Output {
             tls,
-            mut input,
+            input,
             to_client,
             plaintext,
             result,
@@ -753,12 +739,7 @@ impl Worker {
         let before = conn.relay.to_backend.len();
         conn.relay.to_backend.extend_from_slice(&plaintext);
         count_plaintext(conn, before, Instant::now());
-        if let Ok(progress) = &result {
-            if !progress.peer_closed {
-                input.drain(..progress.consumed);
-                conn.relay.partial_record = input;
-            }
-        }
+        conn.relay.keep_partial(input, &result);
         self.after_tls_read(slot, result)
     }
 
@@ -836,7 +817,8 @@ impl Worker {
                     return self.drive(slot);
                 }
                 conn.first_byte_at.get_or_insert_with(Instant::now);
-                if self.steps.is_some() && conn.tls.may_sign() {
+                if self.key_link.is_some() && conn.tls.may_sign() {
+                    // The bytes after the PROXY header were the whole partial record.
                     return self.start_handshake_step(slot, rest);
                 }
                 let Conn { relay, tls, .. } = &mut **conn;
