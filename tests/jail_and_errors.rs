@@ -510,8 +510,8 @@ fn check_counts_services_and_sni_routes() {
     }
 }
 
-/// The `privsep` settings to run a test with: both as root, and only `no`
-/// otherwise, because privilege separation needs root.
+/// Returns the `privsep` settings to run a test with: both as root, and only
+/// `no` otherwise, because privilege separation needs root.
 fn privsep_modes() -> &'static [&'static str] {
     if is_root() {
         &["privsep = no", "privsep = yes"]

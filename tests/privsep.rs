@@ -760,18 +760,18 @@ fn kill_workers(proxy: &Proxy, pids: &[u32], workers: usize) -> Vec<u32> {
     wait_for_replacement(proxy, pids, workers)
 }
 
-/// Waits until `workers` workers run and none of them is one of `gone`; returns
-/// their pids.
-fn wait_for_replacement(proxy: &Proxy, gone: &[u32], workers: usize) -> Vec<u32> {
+/// Waits until `workers` workers run and none of them is one of `killed`;
+/// returns their pids.
+fn wait_for_replacement(proxy: &Proxy, killed: &[u32], workers: usize) -> Vec<u32> {
     let deadline = Instant::now() + WAIT;
     loop {
         let after = wait_for_workers(proxy, workers);
-        if !after.iter().any(|pid| gone.contains(pid)) {
+        if !after.iter().any(|pid| killed.contains(pid)) {
             return after;
         }
         assert!(
             Instant::now() < deadline,
-            "workers {gone:?} were not replaced"
+            "workers {killed:?} were not replaced"
         );
         thread::sleep(Duration::from_millis(20));
     }

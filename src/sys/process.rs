@@ -167,8 +167,8 @@ fn recv_with_control<T>(
             }
             return Err(err);
         }
-        let taken = read_control(&header);
-        return Ok((classify(fd, received as usize, buf.len())?, taken));
+        let attached = read_control(&header);
+        return Ok((classify(fd, received as usize, buf.len())?, attached));
     }
 }
 
