@@ -124,12 +124,12 @@ fn provider_for(service: &Service) -> CryptoProvider {
     provider
 }
 
-/// The protocol version as written in logs: `TLSv1.2` or `TLSv1.3`.
 /// Draws random bytes once, so the crypto library sets up its random generator
 /// now rather than during the first handshake. aws-lc seeds it from CPU jitter
 /// the first time in a process, which took tens of milliseconds here (see
-/// perf/privsep.md), and reseeds it once after a fork. Call it at start and in
-/// each forked process before it serves.
+/// perf/privsep.md), reseeds it once after a fork, and sets up each thread's
+/// own state on that thread's first draw. Call it at start, in each forked
+/// process, and on each thread that handshakes or signs, before it serves.
 pub fn prepare_random() {
     let provider = rustls::crypto::aws_lc_rs::default_provider();
     let mut bytes = [0u8; 32];
@@ -138,6 +138,7 @@ pub fn prepare_random() {
     }
 }
 
+/// The protocol version as written in logs: `TLSv1.2` or `TLSv1.3`.
 pub fn version_name(version: rustls::ProtocolVersion) -> &'static str {
     match version {
         rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",

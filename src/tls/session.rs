@@ -125,8 +125,8 @@ impl TlsSession {
         }
     }
 
-    /// Moves the session out, for one [`TlsSession::read`] on another thread, and
-    /// leaves a stand-in that fails reads and writes until
+    /// Moves the session out, for one [`TlsSession::read`] in a suspendable
+    /// handshake step, and leaves a stand-in that fails reads and writes until
     /// [`TlsSession::restore`] puts the session back.
     pub fn lend(&mut self) -> TlsSession {
         let stand_in = TlsSession {
