@@ -25,10 +25,7 @@ pub(super) fn check_file_paths(
     // The pid file is written inside the chroot, while the log and the
     // histogram log are opened before it, so compare the pid file's path as
     // seen from outside the jail.
-    let pid_outside = global.pid.as_ref().map(|pid| match &global.chroot {
-        Some(root) => root.join(pid.strip_prefix("/").unwrap_or(pid)),
-        None => pid.clone(),
-    });
+    let pid_outside = global.pid_outside_jail();
     let files = [
         ("output", global.output.clone()),
         ("histogram_log", global.histogram_log.clone()),

@@ -63,6 +63,19 @@ pub struct Global {
     pub splice: SpliceMode,
 }
 
+impl Global {
+    /// Returns the pid file's path as seen from outside the jail: inside
+    /// `chroot` when one is set, because the pid file is written after the
+    /// process enters it.
+    pub fn pid_outside_jail(&self) -> Option<PathBuf> {
+        let pid = self.pid.as_ref()?;
+        Some(match &self.chroot {
+            Some(root) => root.join(pid.strip_prefix("/").unwrap_or(pid)),
+            None => pid.clone(),
+        })
+    }
+}
+
 impl Default for Global {
     /// stunnel's defaults where stunnel has the option, and tlsplice's otherwise.
     fn default() -> Self {

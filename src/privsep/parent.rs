@@ -201,7 +201,7 @@ fn run_with_metrics(
         }
     }
 
-    let pid_file = pid_path_outside(global);
+    let pid_file = global.pid_outside_jail();
     if let Some(path) = &pid_file {
         std::fs::write(path, format!("{}\n", std::process::id())).map_err(|error| {
             running(RunError::Io {
@@ -251,16 +251,6 @@ fn run_with_metrics(
         }
     }
     result
-}
-
-/// Returns the pid file's path: the configured one, inside `chroot` when one is
-/// set, because the jailed single-process model writes it after entering the chroot.
-fn pid_path_outside(global: &Global) -> Option<PathBuf> {
-    let pid = global.pid.as_ref()?;
-    Some(match &global.chroot {
-        Some(root) => root.join(pid.strip_prefix("/").unwrap_or(pid)),
-        None => pid.clone(),
-    })
 }
 
 type KeyChannels = (OwnedFd, Vec<OwnedFd>);

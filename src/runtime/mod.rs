@@ -290,11 +290,7 @@ fn check_environment(config: &Config) -> Result<(), ConfigError> {
             ));
         }
     }
-    if let Some(pid) = &global.pid {
-        let outside = match &global.chroot {
-            Some(root) => root.join(pid.strip_prefix("/").unwrap_or(pid)),
-            None => pid.clone(),
-        };
+    if let (Some(pid), Some(outside)) = (&global.pid, global.pid_outside_jail()) {
         if let Some(parent) = directory_of(&outside).filter(|parent| !parent.is_dir()) {
             return Err(error(
                 "pid",
