@@ -1,7 +1,7 @@
-//! The messages between workers, the parent and the key process, and their
-//! encoding. Each message travels as one `SOCK_SEQPACKET` packet, so a message
-//! never arrives in pieces. Every decoder checks the length of the packet and of
-//! each field, and rejects a packet with bytes left over.
+//! The messages between workers, the parent, the key process and the metrics
+//! process, and their encoding. Each message travels as one `SOCK_SEQPACKET`
+//! packet, so a message never arrives in pieces. Every decoder checks the length
+//! of the packet and of each field, and rejects a packet with bytes left over.
 //!
 //! All integers are little-endian. A sign request:
 //!
@@ -326,6 +326,7 @@ pub fn encode_metrics(service: u32, values: &ServiceMetrics) -> (Vec<Vec<u8>>, u
     let mut serializer = V2Serializer::new();
     let mut histograms = Vec::new();
     let mut dropped = 0;
+    let overhead = histogram_packet_overhead(service);
     for kind in HistogramKind::ALL {
         let recorder = values.histogram(kind);
         if recorder.count() == 0 {
@@ -333,7 +334,7 @@ pub fn encode_metrics(service: u32, values: &ServiceMetrics) -> (Vec<Vec<u8>>, u
         }
         let mut bytes = Vec::new();
         match serializer.serialize(recorder.histogram(), &mut bytes) {
-            Ok(_) if bytes.len() + 128 <= MAX_METRICS_PACKET => {
+            Ok(_) if overhead + bytes.len() <= MAX_METRICS_PACKET => {
                 histograms.push((kind, recorder.sum(), bytes));
             }
             _ => dropped += 1,
@@ -355,6 +356,12 @@ pub fn encode_metrics(service: u32, values: &ServiceMetrics) -> (Vec<Vec<u8>>, u
     (packets, dropped)
 }
 
+/// Returns the bytes of a packet with zero counters and one histogram, besides
+/// the histogram's serialization: the packet that carries a histogram alone.
+fn histogram_packet_overhead(service: u32) -> usize {
+    encode_metrics_packet(service, None, &[(HistogramKind::ALL[0], 0, Vec::new())]).len()
+}
+
 /// Encodes one packet: the counters of `values` (zeros when `None`) and
 /// `histograms`, each with its kind, exact sum and V2 serialization.
 fn encode_metrics_packet(
@@ -362,8 +369,15 @@ fn encode_metrics_packet(
     values: Option<&ServiceMetrics>,
     histograms: &[(HistogramKind, u64, Vec<u8>)],
 ) -> Vec<u8> {
-    let zeros = ServiceMetrics::default();
-    let values = values.unwrap_or(&zeros);
+    // The zeros hold six empty histograms, so they are built only when needed.
+    let zeros;
+    let values = match values {
+        Some(values) => values,
+        None => {
+            zeros = ServiceMetrics::default();
+            &zeros
+        }
+    };
     let mut out = Vec::with_capacity(256);
     out.push(KIND_METRICS);
     out.extend_from_slice(&service.to_le_bytes());
@@ -875,6 +889,17 @@ mod tests {
             merged.merge(&decoded);
         }
         assert_same(&merged, &values);
+    }
+
+    /// A histogram sent alone takes exactly the overhead that encode_metrics
+    /// checks against the packet limit, whatever its size.
+    #[test]
+    fn histogram_packet_overhead_exact() {
+        for size in [0, 1, 1000, 70_000] {
+            let histogram = (HistogramKind::ALL[1], 7, vec![0xa5; size]);
+            let packet = encode_metrics_packet(3, None, &[histogram]);
+            assert_eq!(packet.len(), histogram_packet_overhead(3) + size, "{size}");
+        }
     }
 
     fn request() -> SignRequest {
