@@ -512,7 +512,12 @@ impl MetricsLink {
     /// keeps the rest for the next call. With `wait` true, it blocks until every
     /// delta is sent.
     pub fn send(&mut self, registry: &Registry, wait: bool) {
-        for (service, values) in registry.drain().iter().enumerate() {
+        // Drained even when nothing can be sent, so the values do not pile up.
+        let drained = registry.drain();
+        if self.broken {
+            return;
+        }
+        for (service, values) in drained.iter().enumerate() {
             if values.is_empty() {
                 continue;
             }
@@ -524,10 +529,6 @@ impl MetricsLink {
             let excess = self.queue.len() - MAX_QUEUED_PACKETS;
             self.queue.drain(..excess);
             self.note_dropped(excess as u64, "the metrics process is not reading");
-        }
-        if self.broken {
-            self.queue.clear();
-            return;
         }
         while let Some(packet) = self.queue.front() {
             let sent = if wait {
