@@ -174,6 +174,18 @@ fn local_sink() -> Option<LocalSink> {
     })
 }
 
+/// Writes `message` as a warning for the first event that `seen` counts, and at
+/// debug level for the later ones, so a fault that repeats does not flood the
+/// log.
+pub fn warn_first(seen: &AtomicU64, message: std::fmt::Arguments<'_>) {
+    let level = if seen.fetch_add(1, Ordering::Relaxed) == 0 {
+        LogLevel::Warning
+    } else {
+        LogLevel::Debug
+    };
+    write(level, message);
+}
+
 /// Writes one line at `level`.
 pub fn write(level: LogLevel, message: std::fmt::Arguments<'_>) {
     if !enabled(level) {

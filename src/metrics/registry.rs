@@ -153,6 +153,13 @@ impl Registry {
         self.snapshot().summary()
     }
 
+    /// Writes [`Registry::summary`] to the log, one notice line per line.
+    pub fn log_summary(&self) {
+        for line in self.summary().lines() {
+            crate::notice!("stats: {line}");
+        }
+    }
+
     fn lock_workers(&self) -> MutexGuard<'_, Vec<WorkerTotals>> {
         // Updates under this lock are whole merges and swaps, so a panic while it
         // was held leaves usable data.

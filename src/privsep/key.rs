@@ -13,7 +13,7 @@
 
 use std::os::fd::OwnedFd;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
@@ -254,12 +254,10 @@ fn serve(worker: usize, socket: &OwnedFd, keys: &[HeldKey]) {
 }
 
 fn note_malformed(worker: usize, detail: &str) {
-    let seen = MALFORMED.fetch_add(1, Ordering::Relaxed);
-    if seen == 0 {
-        warning!("key process: rejected a malformed request from worker {worker}: {detail}");
-    } else {
-        debug!("key process: rejected a malformed request from worker {worker}: {detail}");
-    }
+    crate::log::warn_first(
+        &MALFORMED,
+        format_args!("key process: rejected a malformed request from worker {worker}: {detail}"),
+    );
 }
 
 /// Decodes one request packet and builds its reply, signing when the request is valid.

@@ -22,7 +22,7 @@ use std::io::{self, BufWriter, Write};
 use std::net::TcpListener;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{mpsc, Arc, Barrier};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -187,7 +187,7 @@ pub fn run(start: MetricsStart, parent: libc::pid_t, mut ready: io::PipeWriter) 
     if let Some(log) = &mut histogram_log {
         log.write(&registry);
     }
-    log_summary(&registry);
+    registry.log_summary();
     crate::sys::exit_now(0)
 }
 
@@ -316,7 +316,7 @@ fn wait_for_stop(
         let now = Instant::now();
         if summary_due.is_some_and(|due| now >= due) {
             summary_due = None;
-            log_summary(registry);
+            registry.log_summary();
         }
         if let Some(log) = histogram_log {
             if now >= next_interval {
@@ -346,25 +346,17 @@ fn finish(receivers: &[JoinHandle<()>]) {
     }
 }
 
-fn log_summary(registry: &Registry) {
-    for line in registry.summary().lines() {
-        notice!("stats: {line}");
-    }
-}
-
 /// Malformed deltas seen, across all workers; the first is logged as a warning,
 /// the rest at debug level.
 static MALFORMED: AtomicU64 = AtomicU64::new(0);
 
 fn note_malformed(worker: usize, detail: &str) {
-    let seen = MALFORMED.fetch_add(1, Ordering::Relaxed);
-    if seen == 0 {
-        warning!(
+    crate::log::warn_first(
+        &MALFORMED,
+        format_args!(
             "metrics process: dropped a malformed metrics delta from worker {worker}: {detail}"
-        );
-    } else {
-        debug!("metrics process: dropped a malformed metrics delta from worker {worker}: {detail}");
-    }
+        ),
+    );
 }
 
 /// Adds the deltas from worker slot `worker` to its totals until every copy of
@@ -579,6 +571,7 @@ impl MetricsLink {
 mod tests {
     use super::*;
     use crate::metrics::DataPath;
+    use std::sync::atomic::Ordering;
 
     /// Records `count` closed connections of service 0 in a registry of a worker
     /// process, and returns the registry.

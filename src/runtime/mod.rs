@@ -587,7 +587,7 @@ fn wait_for_stop(
                 // includes connections that just finished.
                 registry.request_publish();
                 std::thread::sleep(Duration::from_millis(300));
-                log_summary(registry);
+                registry.log_summary();
             }
             libc::SIGHUP => match crate::log::reopen() {
                 Ok(()) => notice!("log file reopened"),
@@ -619,7 +619,7 @@ impl Metrics {
             log.stop();
         }
         drop(self.collector);
-        log_summary(&self.registry);
+        self.registry.log_summary();
     }
 }
 
@@ -658,12 +658,6 @@ fn start_metrics(
         stats,
         histogram_log,
     })
-}
-
-fn log_summary(registry: &Registry) {
-    for line in registry.summary().lines() {
-        notice!("stats: {line}");
-    }
 }
 
 /// Forks into the background. The parent waits until the child reports that its
