@@ -24,7 +24,7 @@ use super::protocol::{
     KeyDescription, SignReply, SignRequest, StartupMessage, Status, SIGN_PACKET_BUFFER,
 };
 use crate::config::Config;
-use crate::runtime::privileges::{self, Ids};
+use crate::runtime::privileges::Ids;
 use crate::sys::process::{self, Packet};
 use crate::sys::seccomp;
 use crate::{debug, warning};
@@ -80,24 +80,23 @@ pub struct KeyStart<'a> {
 
 /// Runs the key process in a freshly forked child; never returns.
 pub fn run(start: KeyStart<'_>, parent: libc::pid_t) -> ! {
-    match process::die_with_parent(libc::SIGKILL, parent) {
-        Ok(true) => {}
-        _ => crate::sys::exit_now(1),
-    }
+    super::die_with_parent_or_exit(libc::SIGKILL, parent);
     let control = start.control;
     let (keys, descriptions) = match load_keys(start.config) {
         Ok(loaded) => loaded,
         Err(message) => fail(&control, message),
     };
-    if let Err(err) = privileges::jail(start.root, start.ids, &[]) {
-        fail(&control, format!("key process: {err}"));
+    let jailed = super::jail_child(
+        "key process",
+        start.root,
+        start.ids,
+        &[],
+        libc::SIGKILL,
+        parent,
+    );
+    if let Err(message) = jailed {
+        fail(&control, message);
     }
-    // Changing the uid clears the parent-death signal, so set it again.
-    match process::die_with_parent(libc::SIGKILL, parent) {
-        Ok(true) => {}
-        _ => crate::sys::exit_now(1),
-    }
-    super::worker::restrict_files("key process");
 
     // The serving threads start before the filter, which forbids creating
     // threads. The barrier is passed twice: once when every thread has finished

@@ -32,7 +32,7 @@ use super::protocol::{
 };
 use crate::log::CloseReason;
 use crate::metrics::{IntervalLog, Registry, ServiceMetrics, StatsServerOptions, WorkerMetrics};
-use crate::runtime::privileges::{self, Ids};
+use crate::runtime::privileges::Ids;
 use crate::sys::process::{self, Packet};
 use crate::sys::seccomp;
 use crate::{debug, notice, warning};
@@ -70,20 +70,19 @@ pub struct MetricsStart {
 /// Runs the metrics process in a freshly forked child; never returns. Writes one
 /// byte to `ready` once it is jailed and serving.
 pub fn run(start: MetricsStart, parent: libc::pid_t, mut ready: io::PipeWriter) -> ! {
-    match process::die_with_parent(libc::SIGKILL, parent) {
-        Ok(true) => {}
-        _ => crate::sys::exit_now(1),
-    }
-    if let Err(err) = privileges::jail(start.root.as_deref(), start.ids, &[]) {
-        warning!("metrics process: {err}");
+    super::die_with_parent_or_exit(libc::SIGKILL, parent);
+    let jailed = super::jail_child(
+        "metrics process",
+        start.root.as_deref(),
+        start.ids,
+        &[],
+        libc::SIGKILL,
+        parent,
+    );
+    if let Err(message) = jailed {
+        warning!("{message}");
         crate::sys::exit_now(1);
     }
-    // Changing the uid clears the parent-death signal, so set it again.
-    match process::die_with_parent(libc::SIGKILL, parent) {
-        Ok(true) => {}
-        _ => crate::sys::exit_now(1),
-    }
-    super::worker::restrict_files("metrics process");
 
     let services = start.service_names.len();
     let registry = Arc::new(Registry::new(start.service_names));

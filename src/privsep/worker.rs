@@ -21,10 +21,10 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use super::metrics::MetricsLink;
-use crate::runtime::privileges::{self, Ids};
+use crate::runtime::privileges::Ids;
 use crate::runtime::worker::{Worker, WorkerConfig};
 use crate::runtime::{Service, Shared};
-use crate::sys::{process, seccomp};
+use crate::sys::seccomp;
 use crate::{debug, warning};
 
 /// Environment variable of the jail self-test, compiled into debug builds only.
@@ -64,25 +64,19 @@ pub fn run(
     parent: libc::pid_t,
     mut ready: io::PipeWriter,
 ) -> ! {
-    match process::die_with_parent(libc::SIGTERM, parent) {
-        Ok(true) => {}
-        _ => crate::sys::exit_now(1),
-    }
+    super::die_with_parent_or_exit(libc::SIGTERM, parent);
     let index = start.index;
-    if let Err(err) = privileges::jail(
+    if let Err(message) = super::jail_child(
+        &format!("worker {index}"),
         start.root.as_deref(),
         start.ids,
         &worker_capabilities(&services),
+        libc::SIGTERM,
+        parent,
     ) {
-        warning!("worker {index}: {err}");
+        warning!("{message}");
         crate::sys::exit_now(1);
     }
-    // Changing the uid clears the parent-death signal, so set it again.
-    match process::die_with_parent(libc::SIGTERM, parent) {
-        Ok(true) => {}
-        _ => crate::sys::exit_now(1),
-    }
-    restrict_files(&format!("worker {index}"));
     crate::privsep::signer::install_link(start.key_link);
 
     let shared = Arc::new(Shared {
@@ -247,16 +241,6 @@ fn worker_capabilities(services: &[Service]) -> Vec<u32> {
         keep.push(capability::DAC_OVERRIDE);
     }
     keep
-}
-
-/// Applies Landlock with no file allowed to this thread and the threads it starts
-/// later. `who` names the process in log lines.
-pub(crate) fn restrict_files(who: &str) {
-    match crate::sys::landlock::deny_all_files() {
-        Ok(crate::sys::landlock::Enforced::Fully) => debug!("{who}: Landlock enforced"),
-        Ok(status) => debug!("{who}: Landlock {status:?} enforced by this kernel"),
-        Err(err) => warning!("{who}: cannot apply Landlock: {err}"),
-    }
 }
 
 /// Runs the test hook behind [`MALFORMED_METRICS_ENV`]. Does nothing in release
