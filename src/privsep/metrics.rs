@@ -103,49 +103,28 @@ pub fn run(start: MetricsStart, parent: libc::pid_t, mut ready: io::PipeWriter) 
     ));
     let (reopened_tx, reopened) = mpsc::channel::<File>();
     if let Some(control) = start.control {
-        let barrier = barrier.clone();
-        let spawned = std::thread::Builder::new()
-            .name("tlsplice-metrics-control".to_string())
-            .spawn(move || {
-                barrier.wait();
-                barrier.wait();
-                receive_reopened_files(&control, &reopened_tx);
-            });
-        if let Err(err) = spawned {
-            fail_thread(err);
-        }
+        spawn_gated(
+            "tlsplice-metrics-control".to_string(),
+            &barrier,
+            move || receive_reopened_files(&control, &reopened_tx),
+        );
     }
     let mut receivers = Vec::with_capacity(start.workers.len());
     for (index, socket) in start.workers.into_iter().enumerate() {
         let metrics = registry.register_worker();
-        let barrier = barrier.clone();
-        let spawned = std::thread::Builder::new()
-            .name(format!("tlsplice-metrics-{index}"))
-            .spawn(move || {
-                barrier.wait();
-                barrier.wait();
-                receive(index, &socket, metrics, services, parent);
-            });
-        match spawned {
-            Ok(handle) => receivers.push(handle),
-            Err(err) => fail_thread(err),
-        }
+        receivers.push(spawn_gated(
+            format!("tlsplice-metrics-{index}"),
+            &barrier,
+            move || receive(index, &socket, metrics, services, parent),
+        ));
     }
     if let Some(listener) = &stats {
         for index in 0..http_threads {
             let listener = listener.clone();
             let registry = registry.clone();
-            let barrier = barrier.clone();
-            let spawned = std::thread::Builder::new()
-                .name(format!("tlsplice-stats-{index}"))
-                .spawn(move || {
-                    barrier.wait();
-                    barrier.wait();
-                    crate::metrics::serve_shared(&listener, &registry, options)
-                });
-            if let Err(err) = spawned {
-                fail_thread(err);
-            }
+            spawn_gated(format!("tlsplice-stats-{index}"), &barrier, move || {
+                crate::metrics::serve_shared(&listener, &registry, options)
+            });
         }
     }
     barrier.wait();
@@ -190,9 +169,24 @@ pub fn run(start: MetricsStart, parent: libc::pid_t, mut ready: io::PipeWriter) 
     crate::sys::exit_now(0)
 }
 
-fn fail_thread(err: io::Error) -> ! {
-    warning!("metrics process: cannot start a thread: {err}");
-    crate::sys::exit_now(1)
+/// Starts thread `name`, which passes `barrier` twice (after its start-up
+/// syscalls, then once the seccomp filter is in place) before it runs `body`.
+/// Ends the process when the thread cannot start.
+fn spawn_gated(
+    name: String,
+    barrier: &Arc<Barrier>,
+    body: impl FnOnce() + Send + 'static,
+) -> JoinHandle<()> {
+    let barrier = barrier.clone();
+    let spawned = std::thread::Builder::new().name(name).spawn(move || {
+        barrier.wait();
+        barrier.wait();
+        body();
+    });
+    spawned.unwrap_or_else(|err| {
+        warning!("metrics process: cannot start a thread: {err}");
+        crate::sys::exit_now(1)
+    })
 }
 
 /// The open `histogram_log` and its write failures, the first 10 of which are logged.
