@@ -79,8 +79,9 @@ fn written_value(global: &Global, option: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Drops `.` components, repeated and trailing slashes, so that spellings of one
-/// path compare equal.
+/// Drops `.` components, so that `./t.log` and `t.log` compare equal. Path
+/// equality already ignores repeated and trailing slashes and a `.` inside the
+/// path, but not a leading `.`.
 // NOTE: `..`, symbolic links and a relative path against an absolute one are not
 // resolved, so such spellings of one file still pass.
 fn normalize(path: &Path) -> PathBuf {
@@ -168,6 +169,11 @@ mod tests {
         assert_ne!(
             normalize(Path::new("/var/log/t.log")),
             normalize(Path::new("/var/log/t.hlog"))
+        );
+        assert_ne!(Path::new("./t.log"), Path::new("t.log"));
+        assert_eq!(
+            normalize(Path::new("./t.log")),
+            normalize(Path::new("t.log"))
         );
     }
 }
