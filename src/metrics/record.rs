@@ -412,6 +412,13 @@ impl WorkerMetrics {
             .record(HistogramKind::FirstByte, micros(duration));
     }
 
+    /// Counts `count` connections of `service` as closed for `reason`, with no
+    /// lifetime or byte counts: for connections whose process ended.
+    pub fn add_closed(&mut self, service: usize, reason: CloseReason, count: u64) {
+        let closed = &mut self.service_mut(service).closed[close_index(reason)];
+        *closed = closed.saturating_add(count);
+    }
+
     /// Records a closed connection. `lifetime` runs from accept to close;
     /// `bytes_up` are application bytes from the client to the backend and
     /// `bytes_down` the other way.

@@ -31,7 +31,7 @@ use super::protocol::{
     decode_metrics, decode_worker_exited, encode_metrics, FilesReopened, MAX_METRICS_PACKET,
 };
 use crate::log::CloseReason;
-use crate::metrics::{IntervalLog, Registry, ServiceMetrics, StatsServerOptions, WorkerMetrics};
+use crate::metrics::{IntervalLog, Registry, StatsServerOptions, WorkerMetrics};
 use crate::runtime::privileges::Ids;
 use crate::sys::process::{self, Packet};
 use crate::sys::seccomp;
@@ -430,13 +430,7 @@ fn close_left_open(worker: usize, pid: libc::pid_t, open: Vec<i64>, metrics: &mu
         if count == 0 {
             continue;
         }
-        let mut values = ServiceMetrics::default();
-        let reason = CloseReason::ALL
-            .iter()
-            .position(|reason| *reason == CLOSED_BY_EXIT)
-            .unwrap_or_default();
-        values.closed[reason] = count;
-        metrics.merge(service, &values);
+        metrics.add_closed(service, CLOSED_BY_EXIT, count);
         total += count;
     }
     if total == 0 {
