@@ -303,9 +303,7 @@ fn start_key_process(
     drop(key_ends);
 
     let descriptions = read_descriptions(&control);
-    if let Some(dir) = &empty_root {
-        let _ = std::fs::remove_dir(dir);
-    }
+    drop(empty_root);
     let descriptions = match descriptions {
         Ok(descriptions) => descriptions,
         Err(err) => {
@@ -323,11 +321,11 @@ fn start_key_process(
 /// Returns the root directory of a jailed helper process (the key or the metrics
 /// process) and the empty directory made for it, if any. Root may chroot a helper
 /// into the configured chroot, or else into an empty directory made for it, which
-/// the caller removes once the helper is inside. `role` names the directory.
+/// the caller drops once the helper is inside. `role` names the directory.
 fn helper_root(
     global: &Global,
     role: &str,
-) -> Result<(Option<PathBuf>, Option<PathBuf>), RunError> {
+) -> Result<(Option<PathBuf>, Option<EmptyRoot>), RunError> {
     let is_root = crate::sys::geteuid() == 0;
     let empty_root = (is_root && global.chroot.is_none())
         .then(|| std::env::temp_dir().join(format!("tlsplice-{role}-{}", std::process::id())));
@@ -346,7 +344,18 @@ fn helper_root(
     } else {
         None
     };
-    Ok((root, empty_root))
+    Ok((root, empty_root.map(EmptyRoot)))
+}
+
+/// An empty directory made for a helper process to chroot into, removed when
+/// dropped: once the helper is inside, or when starting it failed. A forked
+/// child never drops it, because it leaves through `exit_now`.
+struct EmptyRoot(PathBuf);
+
+impl Drop for EmptyRoot {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
 }
 
 /// Descriptors and names that the parent keeps to start the metrics process,
@@ -521,9 +530,7 @@ fn start_metrics_process(
 
     let mut byte = [0u8; 1];
     let started = reader.read_exact(&mut byte);
-    if let Some(dir) = &empty_root {
-        let _ = std::fs::remove_dir(dir);
-    }
+    drop(empty_root);
     if started.is_err() {
         let _ = process::kill(pid, libc::SIGKILL);
         // Only this pid is reaped, so no other child's exit is missed.
