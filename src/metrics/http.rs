@@ -128,12 +128,7 @@ fn accept_loop(
         let stream = match stream {
             Ok(stream) => stream,
             Err(error) => {
-                // EMFILE and the like: log the first few and go on, as the data
-                // path does not depend on this listener.
-                accept_errors += 1;
-                if accept_errors <= 10 {
-                    log::warn!("metrics: stats accept failed: {error}");
-                }
+                accept_failed(&mut accept_errors, &error);
                 continue;
             }
         };
@@ -174,17 +169,20 @@ pub fn serve_shared(listener: &TcpListener, registry: &Registry, options: StatsS
     loop {
         match listener.accept() {
             Ok((stream, _)) => serve(stream, registry, options),
-            Err(error) => {
-                // EMFILE and the like: log the first few, and pause so that an
-                // error that persists does not spin.
-                accept_errors += 1;
-                if accept_errors <= 10 {
-                    log::warn!("metrics: stats accept failed: {error}");
-                }
-                crate::sys::process::pause(Duration::from_millis(100));
-            }
+            Err(error) => accept_failed(&mut accept_errors, &error),
         }
     }
+}
+
+/// Handles a failed accept of the stats listener (EMFILE and the like): logs the
+/// first 10 failures and pauses, so that a failure that persists does not spin.
+/// Serving goes on, as the data path does not depend on this listener.
+fn accept_failed(failures: &mut u64, error: &std::io::Error) {
+    *failures += 1;
+    if *failures <= 10 {
+        log::warn!("metrics: stats accept failed: {error}");
+    }
+    crate::sys::process::pause(Duration::from_millis(100));
 }
 
 /// An HTTP response before serialization.
