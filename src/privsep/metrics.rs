@@ -48,6 +48,10 @@ pub const CLOSED_BY_EXIT: CloseReason = CloseReason::Internal;
 /// Maximum number of encoded deltas a worker queues while the metrics process
 /// does not read them. Beyond it, the oldest are dropped.
 const MAX_QUEUED_PACKETS: usize = 64;
+/// How long a worker's last send waits for room in the queue to the metrics
+/// process. While no metrics process reads (it died and waits to be restarted),
+/// a longer wait would only hold up the worker's exit.
+const LAST_SEND_WAIT: Duration = Duration::from_secs(1);
 
 /// The metrics process's start-up state, prepared by the parent before the fork.
 pub struct MetricsStart {
@@ -488,8 +492,8 @@ impl MetricsLink {
 
     /// Takes the values that the worker published since the last call out of
     /// `registry` and sends them. With `wait` false, it stops at a full queue and
-    /// keeps the rest for the next call. With `wait` true, it blocks until every
-    /// delta is sent.
+    /// keeps the rest for the next call. With `wait` true, for the last send, it
+    /// waits up to [`LAST_SEND_WAIT`] for room and drops what is left then.
     pub fn send(&mut self, registry: &Registry, wait: bool) {
         // Drained even when nothing can be sent, so the values do not pile up.
         let drained = registry.drain();
@@ -509,15 +513,20 @@ impl MetricsLink {
             self.queue.drain(..excess);
             self.note_dropped(excess as u64, "the metrics process is not reading");
         }
+        let deadline = Instant::now() + LAST_SEND_WAIT;
         while let Some(packet) = self.queue.front() {
-            let sent = if wait {
-                process::send_packet(&self.socket, packet).map(|()| true)
-            } else {
-                process::try_send_packet(&self.socket, packet)
-            };
-            match sent {
+            match process::try_send_packet(&self.socket, packet) {
                 Ok(true) => {
                     self.queue.pop_front();
+                }
+                Ok(false) if wait && Instant::now() < deadline => {
+                    process::pause(Duration::from_millis(10));
+                }
+                Ok(false) if wait => {
+                    let left = self.queue.len() as u64;
+                    self.queue.clear();
+                    self.note_dropped(left, "the metrics process did not read them in time");
+                    return;
                 }
                 Ok(false) => return,
                 Err(err) => {
@@ -578,6 +587,27 @@ mod tests {
         }
         worker.publish();
         (registry, worker)
+    }
+
+    /// The last send gives up when nothing reads the queue, so a worker whose
+    /// metrics process is gone still exits.
+    #[test]
+    fn last_send_gives_up_on_full_queue() {
+        let (worker_end, _unread) = process::seqpacket_pair().unwrap();
+        let filler = worker_end.try_clone().unwrap();
+        while process::try_send_packet(&filler, &[0; 4096]).unwrap() {}
+
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut link = MetricsLink::new(0, worker_end);
+            let (registry, _worker) = worker_registry(2);
+            link.send(&registry, true);
+            done_tx.send(link.dropped).unwrap();
+        });
+        let dropped = done_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the last send did not return");
+        assert!(dropped > 0, "nothing was counted as dropped");
     }
 
     #[test]
