@@ -21,7 +21,8 @@ use rustls::sign::SigningKey;
 use rustls::SignatureScheme;
 
 use super::protocol::{
-    KeyDescription, SignReply, SignRequest, StartupMessage, Status, SIGN_PACKET_BUFFER,
+    pack_batches, split_batch, KeyDescription, SignReply, SignRequest, StartupMessage, Status,
+    MAX_BATCH_MESSAGES, SIGN_PACKET_BUFFER,
 };
 use crate::config::Config;
 use crate::runtime::privileges::Ids;
@@ -215,13 +216,40 @@ fn sign_delay() -> Option<Duration> {
     Some(Duration::from_millis(millis))
 }
 
+/// Maximum time a signed reply waits while the key process signs more requests
+/// of the same worker, so that the replies leave in one packet. With the time of
+/// the signature in progress, it bounds the delay batching adds to a reply.
+const MAX_REPLY_WAIT: Duration = Duration::from_micros(200);
+
 /// Serves one worker's sign requests until its socket closes.
 fn serve(worker: usize, socket: &OwnedFd, keys: &[HeldKey]) {
     let mut buf = vec![0u8; SIGN_PACKET_BUFFER];
     let delay = sign_delay();
+    let mut outbox = Outbox {
+        worker,
+        socket,
+        replies: Vec::new(),
+        since: 0,
+    };
     loop {
-        let reply = match process::recv_packet(socket, &mut buf, None) {
-            Ok(Packet::Data(len)) => {
+        let received = if outbox.replies.is_empty() {
+            process::recv_packet(socket, &mut buf, None).map(Some)
+        } else {
+            process::try_recv_packet(socket, &mut buf)
+        };
+        let packet = match received {
+            Ok(Some(packet)) => packet,
+            Ok(None) => {
+                outbox.send();
+                continue;
+            }
+            Err(err) => {
+                warning!("key process: receive from worker {worker} failed: {err}");
+                return;
+            }
+        };
+        match packet {
+            Packet::Data(len) => {
                 if let Some(delay) = delay {
                     crate::notice!(
                         "key process: holding a request of worker {worker} for {} ms (test hook)",
@@ -230,25 +258,67 @@ fn serve(worker: usize, socket: &OwnedFd, keys: &[HeldKey]) {
                     process::pause(delay);
                     crate::notice!("key process: answering worker {worker} (test hook)");
                 }
-                answer(worker, &buf[..len], keys)
-            }
-            Ok(Packet::Truncated(len)) => {
-                note_malformed(worker, &format!("request of {len} bytes is too long"));
-                SignReply {
-                    seq: 0,
-                    status: Status::Malformed,
-                    signature: Vec::new(),
+                match split_batch(&buf[..len]) {
+                    Ok(messages) => {
+                        for message in messages {
+                            outbox.push(answer(worker, message, keys));
+                        }
+                    }
+                    Err(err) => {
+                        note_malformed(worker, &format!("invalid batch: {err}"));
+                        outbox.push(failed_reply(0, Status::Malformed));
+                    }
                 }
             }
-            Ok(Packet::Closed) => return,
-            Err(err) => {
-                warning!("key process: receive from worker {worker} failed: {err}");
-                return;
+            Packet::Truncated(len) => {
+                note_malformed(worker, &format!("request of {len} bytes is too long"));
+                outbox.push(failed_reply(0, Status::Malformed));
             }
-        };
-        if let Err(err) = process::send_packet(socket, &reply.encode()) {
-            debug!("key process: reply to worker {worker} failed: {err}");
+            Packet::Closed => return,
         }
+    }
+}
+
+/// The replies to one worker that wait to leave together. They wait while more
+/// of the worker's requests are queued, at most [`MAX_REPLY_WAIT`] after the first
+/// of them was made and at most [`MAX_BATCH_MESSAGES`] of them.
+struct Outbox<'a> {
+    worker: usize,
+    socket: &'a OwnedFd,
+    replies: Vec<Vec<u8>>,
+    /// CLOCK_MONOTONIC nanoseconds when the first waiting reply was made.
+    since: u64,
+}
+
+impl Outbox<'_> {
+    fn push(&mut self, reply: SignReply) {
+        let now = process::monotonic_nanos();
+        if self.replies.is_empty() {
+            self.since = now;
+        }
+        self.replies.push(reply.encode());
+        let waited = now.saturating_sub(self.since);
+        if self.replies.len() >= MAX_BATCH_MESSAGES || waited >= MAX_REPLY_WAIT.as_nanos() as u64 {
+            self.send();
+        }
+    }
+
+    /// Sends the waiting replies in as few packets as the batch limits allow.
+    fn send(&mut self) {
+        for (packet, _) in pack_batches(&self.replies) {
+            if let Err(err) = process::send_packet(self.socket, &packet) {
+                debug!("key process: reply to worker {} failed: {err}", self.worker);
+            }
+        }
+        self.replies.clear();
+    }
+}
+
+fn failed_reply(seq: u64, status: Status) -> SignReply {
+    SignReply {
+        seq,
+        status,
+        signature: Vec::new(),
     }
 }
 
@@ -261,21 +331,16 @@ fn note_malformed(worker: usize, detail: &str) {
 
 /// Decodes one request packet and builds its reply, signing when the request is valid.
 pub fn answer(worker: usize, packet: &[u8], keys: &[HeldKey]) -> SignReply {
-    let failed = |seq, status| SignReply {
-        seq,
-        status,
-        signature: Vec::new(),
-    };
     let request = match SignRequest::decode(packet) {
         Ok(request) => request,
         Err((seq, err)) => {
             note_malformed(worker, &err.to_string());
-            return failed(seq.unwrap_or(0), Status::Malformed);
+            return failed_reply(seq.unwrap_or(0), Status::Malformed);
         }
     };
     let Some(held) = keys.get(request.key as usize) else {
         note_malformed(worker, &format!("no key {}", request.key));
-        return failed(request.seq, Status::UnknownKey);
+        return failed_reply(request.seq, Status::UnknownKey);
     };
     if !held.schemes.contains(&request.scheme) {
         note_malformed(
@@ -285,17 +350,17 @@ pub fn answer(worker: usize, packet: &[u8], keys: &[HeldKey]) -> SignReply {
                 request.key, request.scheme
             ),
         );
-        return failed(request.seq, Status::SchemeNotAllowed);
+        return failed_reply(request.seq, Status::SchemeNotAllowed);
     }
     if process::monotonic_nanos() > request.deadline {
         debug!(
             "key process: request {} from worker {worker} expired",
             request.seq
         );
-        return failed(request.seq, Status::Expired);
+        return failed_reply(request.seq, Status::Expired);
     }
     let Some(signer) = held.key.choose_scheme(&[request.scheme]) else {
-        return failed(request.seq, Status::SchemeNotAllowed);
+        return failed_reply(request.seq, Status::SchemeNotAllowed);
     };
     match signer.sign(&request.message) {
         Ok(signature) => SignReply {
@@ -305,7 +370,7 @@ pub fn answer(worker: usize, packet: &[u8], keys: &[HeldKey]) -> SignReply {
         },
         Err(err) => {
             warning!("key process: signing failed: {err}");
-            failed(request.seq, Status::SignFailed)
+            failed_reply(request.seq, Status::SignFailed)
         }
     }
 }
@@ -395,6 +460,91 @@ mod tests {
             &reply.signature,
         );
         assert!(verified.is_ok(), "signature does not verify");
+
+        drop(worker);
+        serving.join().unwrap();
+    }
+
+    /// Receives reply packets until `count` replies arrived, and returns them in
+    /// arrival order with the number of packets they came in.
+    fn receive_replies(socket: &OwnedFd, count: usize) -> (Vec<SignReply>, usize) {
+        let mut buf = vec![0u8; SIGN_PACKET_BUFFER];
+        let timeout = Some(std::time::Duration::from_secs(30));
+        let (mut replies, mut packets) = (Vec::new(), 0);
+        while replies.len() < count {
+            let Packet::Data(len) = process::recv_packet(socket, &mut buf, timeout).unwrap() else {
+                panic!("expected a reply packet");
+            };
+            packets += 1;
+            for message in split_batch(&buf[..len]).unwrap() {
+                replies.push(SignReply::decode(message).unwrap());
+            }
+        }
+        (replies, packets)
+    }
+
+    #[test]
+    fn batched_requests_each_get_their_reply() {
+        let (held, pair) = ecdsa_key();
+        let keys: Arc<[HeldKey]> = vec![held].into();
+        let (worker, key_end) = process::seqpacket_pair().unwrap();
+        let scheme = SignatureScheme::ECDSA_NISTP256_SHA256;
+
+        // Everything is queued before the key thread starts, as when a worker
+        // sends while the key thread waits for the CPU.
+        let mut truncated = request(2, 0, scheme).encode();
+        truncated.truncate(20);
+        let batch = vec![
+            request(1, 0, scheme).encode(),
+            truncated,
+            request(3, 7, scheme).encode(),
+            request(4, 0, scheme).encode(),
+        ];
+        let (packet, count) = pack_batches(&batch).remove(0);
+        assert_eq!(count, 4);
+        process::send_packet(&worker, &packet).unwrap();
+        process::send_packet(&worker, &request(5, 0, scheme).encode()).unwrap();
+        // A batch that claims to carry no message.
+        let mut empty_batch = packet.clone();
+        empty_batch[1] = 0;
+        process::send_packet(&worker, &empty_batch).unwrap();
+
+        let serving = {
+            let keys = keys.clone();
+            std::thread::spawn(move || serve(0, &key_end, &keys))
+        };
+        let (replies, packets) = receive_replies(&worker, 6);
+        let outcomes: Vec<(u64, Status)> = replies
+            .iter()
+            .map(|reply| (reply.seq, reply.status))
+            .collect();
+        assert_eq!(
+            outcomes,
+            [
+                (1, Status::Signed),
+                (2, Status::Malformed),
+                (3, Status::UnknownKey),
+                (4, Status::Signed),
+                (5, Status::Signed),
+                (0, Status::Malformed),
+            ]
+        );
+        assert!(packets < 6, "six replies came in {packets} packets");
+        for reply in replies
+            .iter()
+            .filter(|reply| reply.status == Status::Signed)
+        {
+            let verified = webpki::aws_lc_rs::ECDSA_P256_SHA256.verify_signature(
+                pair.public_key_raw(),
+                b"signed content",
+                &reply.signature,
+            );
+            assert!(verified.is_ok(), "signature {} does not verify", reply.seq);
+        }
+
+        // A lone request still gets a reply of its own.
+        let reply = exchange(&worker, &request(6, 0, scheme).encode());
+        assert_eq!((reply.seq, reply.status), (6, Status::Signed));
 
         drop(worker);
         serving.join().unwrap();

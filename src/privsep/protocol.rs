@@ -16,7 +16,16 @@
 //! | n | message to sign |
 //!
 //! A sign reply: kind 2, sequence number (8), [`Status`] (1), signature length
-//! (4, at most [`MAX_SIGNATURE`]) and the signature. At start-up the key process
+//! (4, at most [`MAX_SIGNATURE`]) and the signature.
+//!
+//! Several requests, or several replies, may share one packet as a batch: kind 9,
+//! a message count (1, from 1 to [`MAX_BATCH_MESSAGES`]), then each message with
+//! its length (4) before it. A batch contains requests or replies, never another
+//! batch, and is at most [`SIGN_PACKET_BUFFER`] bytes long, so every buffer that
+//! fits a single message fits a batch too. Batches save a send, a receive and a
+//! wake-up per signature when a worker has several handshakes waiting.
+//!
+//! At start-up the key process
 //! sends the parent one key description per loaded certificate (kind 3) and then
 //! kind 4 with the count, or kind 5 with an error message.
 //!
@@ -75,6 +84,14 @@ const KIND_KEYS_FAILED: u8 = 5;
 const KIND_METRICS: u8 = 6;
 const KIND_WORKER_EXITED: u8 = 7;
 const KIND_FILES_REOPENED: u8 = 8;
+const KIND_SIGN_BATCH: u8 = 9;
+
+/// Maximum number of sign requests or replies in one batch packet.
+pub const MAX_BATCH_MESSAGES: usize = 64;
+/// Bytes of a batch packet besides its messages: the kind and the count.
+const BATCH_HEADER: usize = 2;
+/// Bytes a batch adds before each message: its length.
+const BATCH_LENGTH: usize = 4;
 
 /// Largest metrics delta packet. A delta that encodes larger is split into one
 /// packet per histogram. The parent sizes the send buffer of the metrics socket
@@ -315,6 +332,74 @@ impl SignReply {
             signature,
         })
     }
+}
+
+/// Packs encoded sign requests or replies, in order, into as few packets as
+/// [`SIGN_PACKET_BUFFER`] and [`MAX_BATCH_MESSAGES`] allow. Returns each packet
+/// with the number of messages it carries. A packet of one message is that
+/// message as it is, so a lone request or reply travels without the batch
+/// header.
+pub fn pack_batches(messages: &[Vec<u8>]) -> Vec<(Vec<u8>, usize)> {
+    let mut packets = Vec::new();
+    let mut start = 0;
+    while start < messages.len() {
+        let mut end = start + 1;
+        let mut size = BATCH_HEADER + BATCH_LENGTH + messages[start].len();
+        while end < messages.len()
+            && end - start < MAX_BATCH_MESSAGES
+            && size + BATCH_LENGTH + messages[end].len() <= SIGN_PACKET_BUFFER
+        {
+            size += BATCH_LENGTH + messages[end].len();
+            end += 1;
+        }
+        let group = &messages[start..end];
+        let packet = if let [message] = group {
+            message.clone()
+        } else {
+            let mut out = Vec::with_capacity(size);
+            out.push(KIND_SIGN_BATCH);
+            out.push(group.len() as u8);
+            for message in group {
+                put_bytes(&mut out, message);
+            }
+            out
+        };
+        packets.push((packet, group.len()));
+        start = end;
+    }
+    packets
+}
+
+/// Splits a packet from the sign link into the messages it carries: the messages
+/// of a batch, or the packet itself when it is not a batch. The messages are not
+/// decoded here; each one is checked by its own decoder.
+pub fn split_batch(packet: &[u8]) -> Result<Vec<&[u8]>, DecodeError> {
+    if packet.first() != Some(&KIND_SIGN_BATCH) {
+        return Ok(vec![packet]);
+    }
+    if packet.len() > SIGN_PACKET_BUFFER {
+        return Err(DecodeError::TooLong {
+            field: "batch",
+            len: packet.len(),
+        });
+    }
+    let mut reader = Reader {
+        bytes: &packet[1..],
+    };
+    let count = reader.u8()? as usize;
+    if count == 0 || count > MAX_BATCH_MESSAGES {
+        return Err(DecodeError::InvalidField("batch message count"));
+    }
+    let mut messages = Vec::with_capacity(count);
+    for _ in 0..count {
+        let message = reader.bytes("batched message", SIGN_PACKET_BUFFER)?;
+        if message.first() == Some(&KIND_SIGN_BATCH) {
+            return Err(DecodeError::InvalidField("batch inside a batch"));
+        }
+        messages.push(message);
+    }
+    reader.finish()?;
+    Ok(messages)
 }
 
 /// Encodes the delta of service `service` as packets of at most
@@ -987,6 +1072,84 @@ mod tests {
             SignRequest::decode(&reply.encode()),
             Err((None, DecodeError::UnexpectedKind(KIND_SIGN_REPLY)))
         );
+    }
+
+    #[test]
+    fn batches_round_trip_and_keep_order() {
+        let messages: Vec<Vec<u8>> = (0..150)
+            .map(|seq| SignRequest { seq, ..request() }.encode())
+            .collect();
+        let packets = pack_batches(&messages);
+        // 150 messages of 39 bytes fit in batches of MAX_BATCH_MESSAGES.
+        let counts: Vec<usize> = packets.iter().map(|(_, count)| *count).collect();
+        assert_eq!(counts, [64, 64, 22]);
+        let mut seqs = Vec::new();
+        for (packet, count) in &packets {
+            assert!(packet.len() <= SIGN_PACKET_BUFFER);
+            let split = split_batch(packet).unwrap();
+            assert_eq!(split.len(), *count);
+            for message in split {
+                seqs.push(SignRequest::decode(message).unwrap().seq);
+            }
+        }
+        assert_eq!(seqs, (0..150).collect::<Vec<u64>>());
+    }
+
+    #[test]
+    fn batches_respect_the_packet_size() {
+        let mut large = request();
+        large.message = vec![1; MAX_SIGNED_MESSAGE];
+        let messages = vec![large.encode(), request().encode(), large.encode()];
+        let packets = pack_batches(&messages);
+        let counts: Vec<usize> = packets.iter().map(|(_, count)| *count).collect();
+        assert_eq!(counts, [2, 1]);
+        assert!(packets
+            .iter()
+            .all(|(packet, _)| packet.len() <= SIGN_PACKET_BUFFER));
+        // A lone message travels as itself.
+        assert_eq!(packets[1].0, messages[2]);
+        assert_eq!(split_batch(&messages[2]).unwrap(), [&messages[2][..]]);
+        assert!(pack_batches(&[]).is_empty());
+    }
+
+    #[test]
+    fn malformed_batches_rejected() {
+        let messages = vec![request().encode(), request().encode()];
+        let (batch, _) = pack_batches(&messages).remove(0);
+        for len in 1..batch.len() {
+            assert!(split_batch(&batch[..len]).is_err(), "length {len}");
+        }
+
+        let mut trailing = batch.clone();
+        trailing.push(0);
+        assert_eq!(split_batch(&trailing), Err(DecodeError::TrailingBytes(1)));
+
+        let mut empty = batch.clone();
+        empty[1] = 0;
+        assert_eq!(
+            split_batch(&empty),
+            Err(DecodeError::InvalidField("batch message count"))
+        );
+
+        let mut too_many = batch.clone();
+        too_many[1] = MAX_BATCH_MESSAGES as u8 + 1;
+        assert_eq!(
+            split_batch(&too_many),
+            Err(DecodeError::InvalidField("batch message count"))
+        );
+
+        let nested = pack_batches(&[batch.clone(), batch.clone()]).remove(0).0;
+        assert_eq!(
+            split_batch(&nested),
+            Err(DecodeError::InvalidField("batch inside a batch"))
+        );
+
+        let mut oversized = batch;
+        oversized.resize(SIGN_PACKET_BUFFER + 1, 0);
+        assert!(matches!(
+            split_batch(&oversized),
+            Err(DecodeError::TooLong { field: "batch", .. })
+        ));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::time::Duration;
 use rustls::sign::{Signer, SigningKey};
 use rustls::{SignatureAlgorithm, SignatureScheme};
 
-use super::protocol::{SignReply, SignRequest, Status, SIGN_PACKET_BUFFER};
+use super::protocol::{split_batch, SignReply, SignRequest, Status, SIGN_PACKET_BUFFER};
 use crate::sys::process::{self, Packet};
 
 /// How long a worker waits for a signature before failing the handshake.
@@ -53,9 +53,9 @@ pub fn link_socket() -> Option<RawFd> {
     Some(link.socket.as_raw_fd())
 }
 
-/// Returns the sequence number of a reply packet, or `None` for an invalid packet.
-pub fn reply_seq(packet: &[u8]) -> Option<u64> {
-    SignReply::decode(packet).ok().map(|reply| reply.seq)
+/// Returns the sequence number of a reply, or `None` for an invalid reply.
+pub fn reply_seq(message: &[u8]) -> Option<u64> {
+    SignReply::decode(message).ok().map(|reply| reply.seq)
 }
 
 /// Signs `message` in the key process, waiting at most [`SIGN_TIMEOUT`]: by
@@ -134,21 +134,29 @@ fn sign_remote(
                 )))
             }
         };
-        let reply = match SignReply::decode(&buf[..len]) {
-            Ok(reply) => reply,
+        let messages = match split_batch(&buf[..len]) {
+            Ok(messages) => messages,
             Err(err) => {
-                crate::warning!("invalid reply from the key process ({err}); dropped");
+                crate::warning!("invalid packet from the key process ({err}); dropped");
                 continue;
             }
         };
-        if reply.seq != seq {
+        for message in messages {
+            let reply = match SignReply::decode(message) {
+                Ok(reply) => reply,
+                Err(err) => {
+                    crate::warning!("invalid reply from the key process ({err}); dropped");
+                    continue;
+                }
+            };
+            if reply.seq == seq {
+                return signature(reply);
+            }
             crate::debug!(
                 "dropping a key process reply for request {} while waiting for {seq}",
                 reply.seq
             );
-            continue;
         }
-        return signature(reply);
     }
 }
 

@@ -620,7 +620,7 @@ impl Worker {
             .submit(Token::new(Kind::KeyReply, 0, 0).encode(), Op::Recv { fd })
     }
 
-    /// Resumes the step that waits for the reply just received.
+    /// Resumes the steps that wait for the replies just received.
     fn on_key_reply(&mut self, completion: Completion) -> io::Result<()> {
         self.key_recv_armed = false;
         match (completion.result, completion.received) {
@@ -655,6 +655,32 @@ impl Worker {
     }
 
     fn on_key_packet(&mut self, packet: Vec<u8>) -> io::Result<()> {
+        let messages = match crate::privsep::protocol::split_batch(&packet) {
+            Ok(messages) => messages,
+            Err(err) => {
+                warning!(
+                    "worker {}: invalid packet of {} bytes from the key process ({err}); dropped",
+                    self.index,
+                    packet.len()
+                );
+                return Ok(());
+            }
+        };
+        if let [_] = messages[..] {
+            return self.on_key_message(packet);
+        }
+        debug!(
+            "worker {}: {} sign replies in one packet",
+            self.index,
+            messages.len()
+        );
+        for message in messages {
+            self.on_key_message(message.to_vec())?;
+        }
+        Ok(())
+    }
+
+    fn on_key_message(&mut self, packet: Vec<u8>) -> io::Result<()> {
         let Some(seq) = crate::privsep::signer::reply_seq(&packet) else {
             warning!(
                 "worker {}: invalid reply of {} bytes from the key process; dropped",

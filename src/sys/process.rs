@@ -107,6 +107,32 @@ pub fn recv_packet(fd: &OwnedFd, buf: &mut [u8], timeout: Option<Duration>) -> i
     }
 }
 
+/// Receives one packet into `buf` like [`recv_packet`] if one is queued, and
+/// returns `None` at once if none is.
+pub fn try_recv_packet(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<Option<Packet>> {
+    loop {
+        // SAFETY: as in `recv_packet`; MSG_DONTWAIT only makes the call return
+        // EAGAIN instead of waiting.
+        let received = unsafe {
+            libc::recv(
+                fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_TRUNC | libc::MSG_DONTWAIT,
+            )
+        };
+        if received >= 0 {
+            return classify(fd, received as usize, buf.len()).map(Some);
+        }
+        let err = io::Error::last_os_error();
+        match err.kind() {
+            io::ErrorKind::Interrupted => continue,
+            io::ErrorKind::WouldBlock => return Ok(None),
+            _ => return Err(err),
+        }
+    }
+}
+
 /// Classifies a received packet of full length `len` read into a buffer of
 /// `capacity` bytes.
 fn classify(fd: &OwnedFd, len: usize, capacity: usize) -> io::Result<Packet> {
