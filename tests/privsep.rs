@@ -468,6 +468,45 @@ fn pending_signature_keeps_worker_serving() {
     );
 }
 
+#[test]
+fn queued_signatures_share_packets() {
+    let dir = TempDir::new("privsep-sign-batch");
+    let ecdsa = make_cert(&dir, "ecdsa", KeyKind::EcdsaP256, &["localhost"]);
+    let backend = Backend::echo();
+    let config = format!("debug = debug\n{}", one_worker_config(&ecdsa, &backend));
+    let proxy = Proxy::start_with_env(&config, &[("TLSPLICE_DEBUG_SIGN_DELAY_MS", "300")]);
+    wait_for_workers(&proxy, 1);
+
+    // While the key process delays its reply to the first request, the other
+    // handshakes' requests queue behind it, so some of the replies leave together.
+    let clients: Vec<_> = (0..4)
+        .map(|index| {
+            let addr = proxy.addr();
+            let config = client_config(std::slice::from_ref(&ecdsa.der), rustls::ALL_VERSIONS);
+            thread::spawn(move || {
+                let mut stream = tls_connect(addr, &config, "localhost").unwrap();
+                echo_round_trip(&mut stream, format!("client {index}").as_bytes());
+            })
+        })
+        .collect();
+    for client in clients {
+        client.join().unwrap();
+    }
+    let output = proxy.output();
+    let batches: Vec<&String> = output
+        .iter()
+        .filter(|line| line.contains("sign replies in one packet"))
+        .collect();
+    assert!(
+        !batches.is_empty(),
+        "every reply came alone: {:?}",
+        output
+            .iter()
+            .filter(|line| line.contains("test hook"))
+            .collect::<Vec<_>>()
+    );
+}
+
 // ---- metrics with privilege separation ----
 
 /// Bytes each metrics test connection sends; the echo backend returns them.

@@ -222,9 +222,14 @@ impl Proxy {
     }
 
     /// Starts tlsplice like [`Proxy::start`], with extra environment variables.
+    /// The log level is `info` unless `config` sets `debug` itself.
     pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Proxy {
         let dir = TempDir::new("proxy");
-        let text = format!("foreground = yes\nsyslog = no\ndebug = info\n{config}");
+        let sets_level = config
+            .lines()
+            .any(|line| line.trim_start().starts_with("debug"));
+        let level = if sets_level { "" } else { "debug = info\n" };
+        let text = format!("foreground = yes\nsyslog = no\n{level}{config}");
         let path = dir.write("tlsplice.conf", &text);
         let services = text
             .lines()
