@@ -4,11 +4,15 @@
 //! Each worker process has one link to the key process, installed once with
 //! [`install_link`] after the fork. Requests carry a sequence number and a
 //! deadline. Inside a suspendable handshake step (see [`crate::sys::suspend`])
-//! the signer sends the request and suspends the step, and the worker's ring
-//! receives the reply and resumes the step. Elsewhere the signer waits for the
-//! reply itself, and drops replies with another sequence number.
+//! the signer queues the request and suspends the step. The worker sends queued
+//! requests with [`send_queued`], at once when no other step waits and else at
+//! the end of its loop turn, and its ring receives the replies and resumes the
+//! steps. Outside such a step
+//! the signer sends the request at once and waits for the reply itself, dropping
+//! replies with another sequence number.
 
 use std::fmt;
+use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
@@ -16,7 +20,9 @@ use std::time::Duration;
 use rustls::sign::{Signer, SigningKey};
 use rustls::{SignatureAlgorithm, SignatureScheme};
 
-use super::protocol::{split_batch, SignReply, SignRequest, Status, SIGN_PACKET_BUFFER};
+use super::protocol::{
+    pack_batches, split_batch, SignReply, SignRequest, Status, SIGN_PACKET_BUFFER,
+};
 use crate::sys::process::{self, Packet};
 
 /// How long a worker waits for a signature before failing the handshake.
@@ -27,6 +33,17 @@ struct KeyLink {
     socket: OwnedFd,
     next_seq: u64,
     buf: Vec<u8>,
+    /// Encoded requests of suspended steps not sent yet, and their sequence
+    /// numbers in the same order.
+    queued: Vec<Vec<u8>>,
+    queued_seqs: Vec<u64>,
+}
+
+/// The requests that [`send_queued`] failed to send, and the error.
+#[derive(Debug)]
+pub struct Unsent {
+    pub error: io::Error,
+    pub seqs: Vec<u64>,
 }
 
 static LINK: OnceLock<Mutex<KeyLink>> = OnceLock::new();
@@ -39,6 +56,8 @@ pub fn install_link(socket: OwnedFd) {
         socket,
         next_seq: (process::getpid() as u64) << 32,
         buf: vec![0; SIGN_PACKET_BUFFER],
+        queued: Vec::new(),
+        queued_seqs: Vec::new(),
     };
     if LINK.set(Mutex::new(link)).is_err() {
         panic!("the link to the key process is installed once per process");
@@ -48,14 +67,52 @@ pub fn install_link(socket: OwnedFd) {
 /// Returns the socket of this process's link to the key process, for the
 /// worker's ring to receive replies on.
 pub fn link_socket() -> Option<RawFd> {
-    let link = LINK.get()?;
-    let link = link.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    Some(link.socket.as_raw_fd())
+    Some(lock_link()?.socket.as_raw_fd())
 }
 
 /// Returns the sequence number of a reply, or `None` for an invalid reply.
 pub fn reply_seq(message: &[u8]) -> Option<u64> {
     SignReply::decode(message).ok().map(|reply| reply.seq)
+}
+
+fn lock_link() -> Option<std::sync::MutexGuard<'static, KeyLink>> {
+    let link = LINK.get()?;
+    Some(link.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+}
+
+/// Sends the requests that suspended steps queued since the last call, several
+/// to a packet. On failure, returns the sequence numbers of the requests that
+/// were not sent, so the worker can fail their handshakes.
+pub fn send_queued() -> Result<(), Unsent> {
+    let Some(mut link) = lock_link() else {
+        return Ok(());
+    };
+    if link.queued.is_empty() {
+        return Ok(());
+    }
+    let messages = std::mem::take(&mut link.queued);
+    let mut seqs = std::mem::take(&mut link.queued_seqs);
+    let mut sent = 0;
+    for (packet, count) in pack_batches(&messages) {
+        if let Err(error) = process::send_packet(&link.socket, &packet) {
+            seqs.drain(..sent);
+            return Err(Unsent { error, seqs });
+        }
+        sent += count;
+    }
+    Ok(())
+}
+
+/// Drops the queued request `seq`, if it was not sent yet, because its step
+/// stopped waiting for the reply.
+pub fn unqueue(seq: u64) {
+    let Some(mut link) = lock_link() else {
+        return;
+    };
+    if let Some(index) = link.queued_seqs.iter().position(|queued| *queued == seq) {
+        link.queued_seqs.remove(index);
+        link.queued.remove(index);
+    }
 }
 
 /// Signs `message` in the key process, waiting at most [`SIGN_TIMEOUT`]: by
@@ -65,12 +122,11 @@ fn sign_remote(
     scheme: SignatureScheme,
     message: &[u8],
 ) -> Result<Vec<u8>, rustls::Error> {
-    let Some(link) = LINK.get() else {
+    let Some(mut link) = lock_link() else {
         return Err(rustls::Error::General(
             "no link to the key process in this process".into(),
         ));
     };
-    let mut link = link.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let seq = link.next_seq;
     link.next_seq = link.next_seq.wrapping_add(1);
     let deadline = process::monotonic_nanos() + SIGN_TIMEOUT.as_nanos() as u64;
@@ -81,15 +137,11 @@ fn sign_remote(
         scheme,
         message: message.to_vec(),
     };
-    process::send_packet(&link.socket, &request.encode()).map_err(|err| {
-        rustls::Error::General(format!(
-            "cannot send a sign request to the key process: {err}"
-        ))
-    })?;
-
     if crate::sys::suspend::can_suspend() {
-        // The worker's ring receives the reply while the step is suspended, so
-        // the link must not stay locked.
+        link.queued.push(request.encode());
+        link.queued_seqs.push(seq);
+        // The worker sends the request and its ring receives the reply while the
+        // step is suspended, so the link must not stay locked.
         drop(link);
         return match crate::sys::suspend::suspend(seq) {
             Some(Some(packet)) => match SignReply::decode(&packet) {
@@ -110,6 +162,11 @@ fn sign_remote(
     // NOTE: a wait here would take replies meant for suspended steps, which then
     // time out. Workers sign only in suspendable steps, so this path serves
     // callers outside a worker's event loop.
+    process::send_packet(&link.socket, &request.encode()).map_err(|err| {
+        rustls::Error::General(format!(
+            "cannot send a sign request to the key process: {err}"
+        ))
+    })?;
     let KeyLink { socket, buf, .. } = &mut *link;
     loop {
         let left = deadline.saturating_sub(process::monotonic_nanos());

@@ -182,6 +182,7 @@ impl Worker {
 
         let mut completions = Vec::with_capacity(256);
         loop {
+            self.send_sign_requests()?;
             self.ring.submit_and_wait(1)?;
             self.ring.reap(&mut completions);
             for completion in completions.drain(..) {
@@ -600,6 +601,12 @@ impl Worker {
         match state {
             State::Suspended(step) => {
                 self.suspended.push((slot, generation, step));
+                // A lone request leaves at once, so the key process can sign it
+                // while this turn goes on. Later ones wait for the end of the
+                // turn and leave together.
+                if self.suspended.len() == 1 {
+                    self.send_sign_requests()?;
+                }
                 self.arm_key_recv()
             }
             State::Done(output) => self.on_step_done(slot, output),
@@ -618,6 +625,34 @@ impl Worker {
         self.key_recv_armed = true;
         self.ring
             .submit(Token::new(Kind::KeyReply, 0, 0).encode(), Op::Recv { fd })
+    }
+
+    /// Sends the sign requests that steps queued since the last call, and fails
+    /// the handshakes whose request could not be sent.
+    fn send_sign_requests(&mut self) -> io::Result<()> {
+        if self.key_link.is_none() {
+            return Ok(());
+        }
+        let Err(unsent) = crate::privsep::signer::send_queued() else {
+            return Ok(());
+        };
+        warning!(
+            "worker {}: cannot send {} sign requests to the key process: {}",
+            self.index,
+            unsent.seqs.len(),
+            unsent.error
+        );
+        for seq in unsent.seqs {
+            if let Some(index) = self
+                .suspended
+                .iter()
+                .position(|(_, _, step)| step.seq == seq)
+            {
+                let (slot, generation, step) = self.suspended.swap_remove(index);
+                self.give_up_step(slot, generation, step)?;
+            }
+        }
+        Ok(())
     }
 
     /// Resumes the steps that wait for the replies just received.
@@ -708,6 +743,7 @@ impl Worker {
 
     /// Resumes `step` without a reply, so its signature and handshake fail.
     fn give_up_step(&mut self, slot: u32, generation: u32, step: Suspended) -> io::Result<()> {
+        crate::privsep::signer::unqueue(step.seq);
         let state = self.steps.resume(step, None);
         self.on_step_state(slot, generation, state)
     }
@@ -735,6 +771,7 @@ impl Worker {
             .position(|(owner, _, _)| *owner == slot)
         {
             let (_, generation, step) = self.suspended.swap_remove(index);
+            crate::privsep::signer::unqueue(step.seq);
             match self.steps.resume(step, None) {
                 // The step failed its signature and asked for another one,
                 // which fails the same way on the next turn of this loop.
