@@ -161,6 +161,29 @@ class OutputTest(unittest.TestCase):
         self.assertIn("tlsplice was not measured", text)
 
 
+    def test_privsep_ratios_pair_rounds(self):
+        runs = [
+            dict(run("handshake", "tlsplice", 2.0, handshakes=1800), round=0),
+            dict(run("handshake", "tlsplice-noprivsep", 2.0, handshakes=2000), round=0),
+            dict(run("handshake", "tlsplice", 1.0, handshakes=1000), round=1),
+            dict(run("handshake", "tlsplice-noprivsep", 1.0, handshakes=1250), round=1),
+            dict(run("handshake", "tlsplice", 1.0, handshakes=1000), round=2),
+        ]
+        ratios = report.privsep_ratios(runs)
+        self.assertEqual([round(ratio, 3) for ratio in ratios], [0.9, 0.8])
+        result = self.result()
+        result["runs"] = runs
+        with tempfile.TemporaryDirectory() as directory:
+            path = os.path.join(directory, "table.md")
+            report.write_markdown(path, result)
+            with open(path) as table:
+                text = table.read()
+        self.assertIn("in each round: 0.900, 0.800 (median 0.850)", text)
+
+    def test_privsep_ratios_need_both_proxies(self):
+        self.assertEqual(report.privsep_ratios(RUNS), [])
+
+
 class ProcTest(unittest.TestCase):
     def test_own_process_readings(self):
         self.assertGreater(system.rss_bytes(os.getpid()), 0)

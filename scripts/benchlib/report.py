@@ -84,6 +84,19 @@ def summarize(runs, proxy_names):
     return summary
 
 
+def privsep_ratios(runs):
+    """Return, per round in order, tlsplice's full handshakes per CPU-second divided by
+    tlsplice-noprivsep's in the same round, for the rounds where both were measured."""
+    rates = {}
+    for run in runs:
+        load, cpu = run.get("load"), run.get("proxy_cpu_s", 0)
+        if run["scenario"] == "handshake" and load and cpu > 0:
+            rates[(run["proxy"], run["round"])] = load["handshakes"] / cpu
+    rounds = sorted({round_ for _, round_ in rates})
+    return [rates[("tlsplice", r)] / rates[("tlsplice-noprivsep", r)] for r in rounds
+            if ("tlsplice", r) in rates and ("tlsplice-noprivsep", r) in rates]
+
+
 def format_value(value, unit):
     if value is None:
         return "-"
@@ -152,6 +165,13 @@ def markdown_notes(result):
         lines.append("")
     elif check:
         lines.append(f"Load generator check against wrk: not available ({check.get('error') or check.get('skipped')}).")
+        lines.append("")
+    ratios = privsep_ratios(result.get("runs", []))
+    if ratios:
+        lines.append("Privilege separation: full handshakes per CPU-second of tlsplice divided by "
+                     "tlsplice-noprivsep's, the two measured one after the other in each round: "
+                     + ", ".join(f"{ratio:.3f}" for ratio in ratios)
+                     + f" (median {statistics.median(ratios):.3f}).")
         lines.append("")
     lines.append(f"Connections: {result['settings']['rss_connections']} for RSS per idle connection, "
                  f"{result['hold_connections']} in the hold scenario.")
