@@ -7,9 +7,8 @@
 //! the signer queues the request and suspends the step. The worker sends queued
 //! requests with [`send_queued`], at once when no other step waits and else at
 //! the end of its loop turn, and its ring receives the replies and resumes the
-//! steps. Outside such a step
-//! the signer sends the request at once and waits for the reply itself, dropping
-//! replies with another sequence number.
+//! steps. Outside such a step the signer sends the request at once and waits
+//! for the reply itself, dropping replies with another sequence number.
 
 use std::fmt;
 use std::io;
