@@ -216,9 +216,11 @@ fn sign_delay() -> Option<Duration> {
     Some(Duration::from_millis(millis))
 }
 
-/// Maximum time a signed reply waits while the key process signs more requests
-/// of the same worker, so that the replies leave in one packet. With the time of
-/// the signature in progress, it bounds the delay batching adds to a reply.
+/// Maximum time the key process spends on one worker's requests, counted from
+/// the start of the first one whose reply waits, before it sends the waiting
+/// replies. With the time of the signature in progress, it bounds the delay
+/// batching adds to a reply. A signature that takes longer by itself, as RSA
+/// ones do, has its reply sent at once.
 const MAX_REPLY_WAIT: Duration = Duration::from_micros(200);
 
 /// Serves one worker's sign requests until its socket closes.
@@ -261,18 +263,22 @@ fn serve(worker: usize, socket: &OwnedFd, keys: &[HeldKey]) {
                 match split_batch(&buf[..len]) {
                     Ok(messages) => {
                         for message in messages {
-                            outbox.push(answer(worker, message, keys));
+                            let started = process::monotonic_nanos();
+                            let reply = answer(worker, message, keys);
+                            outbox.push(reply, started, process::monotonic_nanos());
                         }
                     }
                     Err(err) => {
                         note_malformed(worker, &format!("invalid batch: {err}"));
-                        outbox.push(failed_reply(0, Status::Malformed));
+                        let now = process::monotonic_nanos();
+                        outbox.push(failed_reply(0, Status::Malformed), now, now);
                     }
                 }
             }
             Packet::Truncated(len) => {
                 note_malformed(worker, &format!("request of {len} bytes is too long"));
-                outbox.push(failed_reply(0, Status::Malformed));
+                let now = process::monotonic_nanos();
+                outbox.push(failed_reply(0, Status::Malformed), now, now);
             }
             Packet::Closed => return,
         }
@@ -280,21 +286,24 @@ fn serve(worker: usize, socket: &OwnedFd, keys: &[HeldKey]) {
 }
 
 /// The replies to one worker that wait to leave together. They wait while more
-/// of the worker's requests are queued, at most [`MAX_REPLY_WAIT`] after the first
-/// of them was made and at most [`MAX_BATCH_MESSAGES`] of them.
+/// of the worker's requests are queued, until [`MAX_REPLY_WAIT`] has passed
+/// since the first of them was started or [`MAX_BATCH_MESSAGES`] of them wait.
 struct Outbox<'a> {
     worker: usize,
     socket: &'a OwnedFd,
     replies: Vec<Vec<u8>>,
-    /// CLOCK_MONOTONIC nanoseconds when the first waiting reply was made.
+    /// CLOCK_MONOTONIC nanoseconds when the work on the first waiting reply
+    /// started.
     since: u64,
 }
 
 impl Outbox<'_> {
-    fn push(&mut self, reply: SignReply) {
-        let now = process::monotonic_nanos();
+    /// Adds `reply`, whose request was taken up at `started`, and sends the
+    /// waiting replies if a limit is reached at `now` (CLOCK_MONOTONIC
+    /// nanoseconds).
+    fn push(&mut self, reply: SignReply, started: u64, now: u64) {
         if self.replies.is_empty() {
-            self.since = now;
+            self.since = started;
         }
         self.replies.push(reply.encode());
         let waited = now.saturating_sub(self.since);
@@ -481,6 +490,37 @@ mod tests {
             }
         }
         (replies, packets)
+    }
+
+    #[test]
+    fn outbox_sends_when_wait_passes() {
+        let (worker, key_end) = process::seqpacket_pair().unwrap();
+        let mut outbox = Outbox {
+            worker: 0,
+            socket: &key_end,
+            replies: Vec::new(),
+            since: 0,
+        };
+        let wait = MAX_REPLY_WAIT.as_nanos() as u64;
+        let reply = |seq| failed_reply(seq, Status::Expired);
+
+        // A reply that took the whole wait to make leaves at once, alone.
+        outbox.push(reply(1), 0, wait);
+        let (replies, packets) = receive_replies(&worker, 1);
+        assert_eq!(replies[0].seq, 1);
+        assert_eq!(packets, 1);
+
+        // Quick replies wait for each other until the wait has passed.
+        let start = 10 * wait;
+        outbox.push(reply(2), start, start + 1000);
+        outbox.push(reply(3), start + 1000, start + 2000);
+        assert_eq!(outbox.replies.len(), 2);
+        outbox.push(reply(4), start + 2000, start + wait);
+        assert!(outbox.replies.is_empty());
+        let (replies, packets) = receive_replies(&worker, 3);
+        let seqs: Vec<u64> = replies.iter().map(|reply| reply.seq).collect();
+        assert_eq!(seqs, [2, 3, 4]);
+        assert_eq!(packets, 1);
     }
 
     #[test]
