@@ -273,7 +273,9 @@ pub fn level_name(level: LogLevel) -> &'static str {
 }
 
 /// Passes messages from libraries using the `log` crate (rustls) through at
-/// `debug`, and their warnings and errors at `warning`.
+/// `debug`, and their warnings and errors at `info`. rustls warns about what
+/// clients do, such as sending a close_notify alert, so these are no fault of
+/// the server. Each failed handshake is logged at `info` with its cause anyway.
 struct RustlsBridge;
 
 static RUSTLS_BRIDGE: RustlsBridge = RustlsBridge;
@@ -285,7 +287,7 @@ impl ::log::Log for RustlsBridge {
 
     fn log(&self, record: &::log::Record<'_>) {
         let level = match record.level() {
-            ::log::Level::Error | ::log::Level::Warn => LogLevel::Warning,
+            ::log::Level::Error | ::log::Level::Warn => LogLevel::Info,
             _ => LogLevel::Debug,
         };
         write(

@@ -311,8 +311,8 @@ fn start_key_process(
             return Err(err);
         }
     };
-    crate::debug!(
-        "key process {pid} holds {} keys; workers sign through it",
+    notice!(
+        "key process started as pid {pid}; keys loaded: {}; workers sign through it",
         descriptions.len()
     );
     Ok(((control, worker_ends), pid, descriptions))
@@ -539,7 +539,7 @@ fn start_metrics_process(
             "the metrics process (pid {pid}) exited during start-up; see the log"
         ))));
     }
-    crate::debug!("metrics process {pid} started");
+    notice!("metrics process started as pid {pid}");
     Ok(pid)
 }
 
@@ -753,7 +753,7 @@ impl Parent<'_> {
                         "worker {index} (pid {pid}) exited during start-up; see the log"
                     ))));
                 }
-                crate::debug!("worker {index} started as pid {pid}");
+                notice!("worker {index} started as pid {pid}");
                 Ok(())
             }
         }
@@ -783,7 +783,10 @@ impl Parent<'_> {
             while let Some((pid, reason)) = process::reap_child() {
                 if Some(pid) == self.key_pid {
                     self.key_pid = None;
-                    warning!("the key process (pid {pid}) {}; stopping", describe(reason));
+                    crate::error!(
+                        "the key process (pid {pid}) {}; without it no handshake can be signed, so tlsplice stops (start tlsplice again, or run it under a supervisor that restarts it)",
+                        describe(reason)
+                    );
                     return Err(RunError::Worker(io::Error::other(format!(
                         "the key process {}",
                         describe(reason)
