@@ -1118,10 +1118,14 @@ fn late_signature_fails_handshake() {
     let dir = TempDir::new("privsep-late-sign");
     let ecdsa = make_cert(&dir, "ecdsa", KeyKind::EcdsaP256, &["localhost"]);
     let backend = Backend::echo();
-    let config = one_worker_config(&ecdsa, &backend);
+    let config = format!(
+        "stats = 127.0.0.1:0\n{}",
+        one_worker_config(&ecdsa, &backend)
+    );
     // Longer than the 2 second deadline of a signature request.
     let proxy = Proxy::start_with_env(&config, &[("TLSPLICE_DEBUG_SIGN_DELAY_MS", "2600")]);
     let workers = wait_for_workers(&proxy, 1);
+    let stats = proxy.stats_address();
 
     let client = client_config(std::slice::from_ref(&ecdsa.der), rustls::ALL_VERSIONS);
     let result = tls_connect(proxy.addr(), &client, "localhost");
@@ -1131,6 +1135,12 @@ fn late_signature_fails_handshake() {
     );
     let lines = proxy.wait_for_conn_lines(1);
     assert_eq!(field(&lines[0], "reason"), "handshake-failed");
+    let warning = proxy.wait_for_line(&["the key process did not sign"]);
+    assert!(warning.contains(" warning "), "{warning}");
+    let json = wait_for_counts(stats, 1);
+    let failures = &json["total"]["counters"]["handshake_failures"];
+    assert_eq!(failures["key-process"], 1, "{json}");
+    assert_eq!(failures["other"], 0, "{json}");
 
     // The key process's late reply arrives after the deadline and is dropped.
     proxy.wait_for_line(&["answering worker 0 (test hook)"]);

@@ -43,18 +43,22 @@ pub enum HandshakeFailure {
     NoSharedVersion,
     /// The client closed the connection before the handshake finished.
     Eof,
+    /// The key process did not sign for the handshake: no reply before the
+    /// deadline, a closed link or an error reply (privilege separation).
+    KeyProcess,
     /// Any other error, such as a local certificate or I/O failure.
     Other,
 }
 
 impl HandshakeFailure {
-    pub const ALL: [HandshakeFailure; 7] = [
+    pub const ALL: [HandshakeFailure; 8] = [
         HandshakeFailure::Timeout,
         HandshakeFailure::BadRecord,
         HandshakeFailure::AlertReceived,
         HandshakeFailure::NoSharedCipherSuite,
         HandshakeFailure::NoSharedVersion,
         HandshakeFailure::Eof,
+        HandshakeFailure::KeyProcess,
         HandshakeFailure::Other,
     ];
 
@@ -67,6 +71,7 @@ impl HandshakeFailure {
             HandshakeFailure::NoSharedCipherSuite => "no-shared-cipher-suite",
             HandshakeFailure::NoSharedVersion => "no-shared-version",
             HandshakeFailure::Eof => "eof",
+            HandshakeFailure::KeyProcess => "key-process",
             HandshakeFailure::Other => "other",
         }
     }
@@ -99,6 +104,14 @@ impl HandshakeFailure {
                 | PeerIncompatible::ServerDoesNotSupportTls12Or13
                 | PeerIncompatible::SignatureAlgorithmsExtensionRequired,
             ) => HandshakeFailure::NoSharedVersion,
+            Error::Other(other)
+                if other
+                    .0
+                    .downcast_ref::<crate::privsep::signer::KeyProcessError>()
+                    .is_some() =>
+            {
+                HandshakeFailure::KeyProcess
+            }
             _ => HandshakeFailure::Other,
         }
     }

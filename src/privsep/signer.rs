@@ -24,6 +24,26 @@ use super::protocol::{
 };
 use crate::sys::process::{self, Packet};
 
+/// Why the key process gave no signature: no reply before the deadline, a
+/// closed link or an error reply. Handshakes that fail for it count as
+/// `key-process` failures, apart from what clients do wrong.
+#[derive(Debug)]
+pub struct KeyProcessError(String);
+
+impl fmt::Display for KeyProcessError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for KeyProcessError {}
+
+fn key_error(message: String) -> rustls::Error {
+    rustls::Error::Other(rustls::OtherError(std::sync::Arc::new(KeyProcessError(
+        message,
+    ))))
+}
+
 /// How long a worker waits for a signature before failing the handshake.
 pub const SIGN_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -122,7 +142,7 @@ fn sign_remote(
     message: &[u8],
 ) -> Result<Vec<u8>, rustls::Error> {
     let Some(mut link) = lock_link() else {
-        return Err(rustls::Error::General(
+        return Err(key_error(
             "no link to the key process in this process".into(),
         ));
     };
@@ -145,11 +165,11 @@ fn sign_remote(
         return match crate::sys::suspend::suspend(seq) {
             Some(Some(packet)) => match SignReply::decode(&packet) {
                 Ok(reply) if reply.seq == seq => signature(reply),
-                Ok(reply) => Err(rustls::Error::General(format!(
+                Ok(reply) => Err(key_error(format!(
                     "the key process replied to request {} instead of {seq}",
                     reply.seq
                 ))),
-                Err(err) => Err(rustls::Error::General(format!(
+                Err(err) => Err(key_error(format!(
                     "invalid reply from the key process: {err}"
                 ))),
             },
@@ -162,7 +182,7 @@ fn sign_remote(
     // time out. Workers sign only in suspendable steps, so this path serves
     // callers outside a worker's event loop.
     process::send_packet(&link.socket, &request.encode()).map_err(|err| {
-        rustls::Error::General(format!(
+        key_error(format!(
             "cannot send a sign request to the key process: {err}"
         ))
     })?;
@@ -178,14 +198,10 @@ fn sign_remote(
                 crate::warning!("key process sent an oversized reply of {len} bytes; dropped");
                 continue;
             }
-            Ok(Packet::Closed) => {
-                return Err(rustls::Error::General(
-                    "the key process closed the link".into(),
-                ))
-            }
+            Ok(Packet::Closed) => return Err(key_error("the key process closed the link".into())),
             Err(err) if err.kind() == std::io::ErrorKind::TimedOut => return Err(timed_out()),
             Err(err) => {
-                return Err(rustls::Error::General(format!(
+                return Err(key_error(format!(
                     "cannot receive from the key process: {err}"
                 )))
             }
@@ -219,14 +235,14 @@ fn sign_remote(
 fn signature(reply: SignReply) -> Result<Vec<u8>, rustls::Error> {
     match reply.status {
         Status::Signed => Ok(reply.signature),
-        status => Err(rustls::Error::General(format!(
+        status => Err(key_error(format!(
             "the key process did not sign: {status:?}"
         ))),
     }
 }
 
 fn timed_out() -> rustls::Error {
-    rustls::Error::General(format!(
+    key_error(format!(
         "the key process did not answer within {} ms",
         SIGN_TIMEOUT.as_millis()
     ))

@@ -93,8 +93,13 @@ pub struct Worker {
     key_recv_armed: bool,
     /// Steps waiting for a signature, with their connection's slot and generation.
     suspended: Vec<(u32, u32, Suspended)>,
+    /// When a failed signature was last logged as a warning.
+    key_warned_at: Option<Instant>,
 }
 
+/// Minimum time between two warnings about handshakes the key process did not
+/// sign.
+const KEY_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 /// Send buffers kept for reuse, at most.
 const POOL_MAX: usize = 256;
 /// Send buffers larger than this are freed rather than pooled.
@@ -162,6 +167,7 @@ impl Worker {
             key_link,
             key_recv_armed: false,
             suspended: Vec::new(),
+            key_warned_at: None,
         })
     }
 
@@ -741,6 +747,25 @@ impl Worker {
         self.on_step_state(slot, generation, state)
     }
 
+    /// Logs a handshake that failed for want of a signature as a warning, at most
+    /// once per [`KEY_WARNING_INTERVAL`]. The caller logs every failed handshake
+    /// at `info` and counts it as a `key-process` failure.
+    fn warn_key_process(&mut self, err: &rustls::Error) {
+        let now = Instant::now();
+        if self
+            .key_warned_at
+            .is_some_and(|at| now.duration_since(at) < KEY_WARNING_INTERVAL)
+        {
+            return;
+        }
+        self.key_warned_at = Some(now);
+        warning!(
+            "worker {}: a handshake failed because the key process did not sign ({err}); check that the key process runs and gets CPU time. Handshake failures with cause key-process count every case; this warning repeats at most every {} s",
+            self.index,
+            KEY_WARNING_INTERVAL.as_secs()
+        );
+    }
+
     /// Resumes `step` without a reply, so its signature and handshake fail.
     fn give_up_step(&mut self, slot: u32, generation: u32, step: Suspended) -> io::Result<()> {
         crate::privsep::signer::unqueue(step.seq);
@@ -833,6 +858,9 @@ impl Worker {
                 let cause = if reason == CloseReason::HandshakeFailed {
                     let failure = HandshakeFailure::from_rustls(&err);
                     self.metrics.handshake_failed(service, failure);
+                    if failure == HandshakeFailure::KeyProcess {
+                        self.warn_key_process(&err);
+                    }
                     failure.as_str()
                 } else {
                     "after the handshake"
