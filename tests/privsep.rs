@@ -1155,6 +1155,77 @@ fn late_signature_fails_handshake() {
     );
 }
 
+#[test]
+fn aborted_handshakes_count_one_failure_each() {
+    let dir = TempDir::new("privsep-aborted-handshakes");
+    let served = make_cert(&dir, "served", KeyKind::EcdsaP256, &["localhost"]);
+    let other = make_cert(&dir, "other", KeyKind::EcdsaP256, &["localhost"]);
+    let backend = Backend::echo();
+    let config = format!(
+        "stats = 127.0.0.1:0\n{}",
+        one_worker_config(&served, &backend)
+    );
+    let proxy = Proxy::start(&config);
+    wait_for_workers(&proxy, 1);
+    let stats = proxy.stats_address();
+
+    // Clients that trust another certificate send an alert and hang up, and the
+    // load generator stops with connections in flight, so some clients close
+    // while the worker still sends its handshake flight.
+    let output = Command::new(env!("CARGO_BIN_EXE_tlsplice-load"))
+        .args(["handshake", "--connect", &proxy.addr().to_string()])
+        .args([
+            "--duration",
+            "3",
+            "--requests",
+            "300",
+            "--concurrency",
+            "32",
+        ])
+        .arg("--cafile")
+        .arg(&other.cert)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(report.contains("\"handshakes\":0,"), "{report}");
+
+    let deadline = Instant::now() + WAIT;
+    let counters = loop {
+        let json: serde_json::Value =
+            serde_json::from_str(&stats_get(stats, "/stats.json")).unwrap();
+        let counters = json["total"]["counters"].clone();
+        let accepted = counters["accepted"].as_u64().unwrap();
+        let closed: u64 = counters["closed"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|count| count.as_u64().unwrap())
+            .sum();
+        if accepted > 0 && closed == accepted && counters["active"] == 0 {
+            break counters;
+        }
+        assert!(Instant::now() < deadline, "connections still open: {json}");
+        thread::sleep(Duration::from_millis(50));
+    };
+    let failures: u64 = counters["handshake_failures"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|count| count.as_u64().unwrap())
+        .sum();
+    let closed = &counters["closed"];
+    let failed_closes = ["handshake-failed", "handshake-eof", "handshake-timeout"]
+        .iter()
+        .map(|reason| closed[*reason].as_u64().unwrap())
+        .sum::<u64>();
+    assert_eq!(failures, failed_closes, "{counters}");
+    assert_eq!(
+        failures,
+        counters["accepted"].as_u64().unwrap(),
+        "{counters}"
+    );
+}
+
 /// Returns a status line's hexadecimal capability set, such as `CapEff:`.
 fn capability_set(pid: u32, key: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

@@ -1406,7 +1406,11 @@ impl Worker {
             return Ok(());
         }
         conn.phase = Phase::Closing;
-        conn.reason.get_or_insert(reason);
+        // A connection that was flushing before a decided close keeps the reason
+        // decided then: a client that hangs up after a failed handshake does
+        // not turn it into a second failure with another cause.
+        let decided = conn.close_after_flush.unwrap_or(reason);
+        conn.reason.get_or_insert(decided);
         if conn.is_inflight(Kind::HandshakeStep) {
             self.abandon_step(slot);
         }
