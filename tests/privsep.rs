@@ -966,7 +966,7 @@ fn wait_for_text(path: &std::path::Path, needle: &str) -> String {
 }
 
 #[test]
-fn sighup_reopens_metrics_files() {
+fn sighup_reopens_helper_process_files() {
     let dir = TempDir::new("privsep-metrics-rotate");
     let root = dir.join("jail");
     std::fs::create_dir(&root).unwrap();
@@ -992,6 +992,7 @@ fn sighup_reopens_metrics_files() {
     proxy.signal(libc::SIGHUP);
     proxy.wait_for_line(&["metrics process: log file reopened"]);
     proxy.wait_for_line(&["metrics process: histogram log", "reopened"]);
+    proxy.wait_for_line(&["key process: log file reopened"]);
 
     let header = "#[StartTime: ";
     let new_histogram_log = wait_for_text(&histogram_log, header);
@@ -1017,6 +1018,10 @@ fn sighup_reopens_metrics_files() {
     let new_log = std::fs::read_to_string(&log).unwrap();
     assert!(
         new_log.contains("metrics process: log file reopened"),
+        "{new_log}"
+    );
+    assert!(
+        new_log.contains("key process: log file reopened"),
         "{new_log}"
     );
     let old_log = std::fs::read_to_string(&rotated_log).unwrap();

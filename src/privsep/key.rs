@@ -3,13 +3,14 @@
 //!
 //! | peer | channel | receives | sends |
 //! | --- | --- | --- | --- |
-//! | parent | control socket pair | nothing; end of file means the parent exited | key descriptions (public parts) at start-up, or the load error |
+//! | parent | control socket pair | the log file reopened on SIGHUP; end of file means the parent exited | key descriptions (public parts) at start-up, or the load error |
 //! | worker N | socket pair N | sign requests | sign replies |
 //!
 //! It opens no file and no socket after start-up, and its seccomp filter allows
-//! neither. A request that fails to decode, names an unknown key or a scheme the
-//! key does not allow, or arrives past its deadline gets an error reply. The
-//! process keeps serving after each of them.
+//! neither, so a reopened log file comes from the parent as a descriptor. A
+//! request that fails to decode, names an unknown key or a scheme the key does
+//! not allow, or arrives past its deadline gets an error reply. The process
+//! keeps serving after each of them.
 
 use std::os::fd::OwnedFd;
 use std::path::Path;
@@ -21,8 +22,8 @@ use rustls::sign::SigningKey;
 use rustls::SignatureScheme;
 
 use super::protocol::{
-    pack_batches, split_batch, KeyDescription, SignReply, SignRequest, StartupMessage, Status,
-    MAX_BATCH_MESSAGES, SIGN_PACKET_BUFFER,
+    pack_batches, split_batch, FilesReopened, KeyDescription, SignReply, SignRequest,
+    StartupMessage, Status, MAX_BATCH_MESSAGES, SIGN_PACKET_BUFFER,
 };
 use crate::config::Config;
 use crate::runtime::privileges::Ids;
@@ -149,13 +150,35 @@ pub fn run(start: KeyStart<'_>, parent: libc::pid_t) -> ! {
         },
     );
 
-    // The parent sends nothing more; end of file means it is gone.
+    // From now on the parent sends only the log file it reopened on SIGHUP. End
+    // of file means it is gone.
     let mut buf = [0u8; 16];
     loop {
-        match process::recv_packet(&control, &mut buf, None) {
-            Ok(Packet::Closed) | Err(_) => crate::sys::exit_now(0),
-            Ok(_) => {}
+        match process::recv_with_fds(&control, &mut buf) {
+            Ok((Packet::Closed, _)) | Err(_) => crate::sys::exit_now(0),
+            Ok((Packet::Data(len), fds)) => take_reopened_log(&buf[..len], fds),
+            Ok((Packet::Truncated(len), _)) => {
+                warning!("key process: dropped a {len}-byte control packet from the parent");
+            }
         }
+    }
+}
+
+/// Writes the log to the file the parent reopened, if `packet` passes one.
+fn take_reopened_log(packet: &[u8], fds: Vec<OwnedFd>) {
+    match FilesReopened::decode(packet) {
+        Ok(files) if files.output && !files.histogram_log && fds.len() == 1 => {
+            let file = fds.into_iter().next().map(std::fs::File::from);
+            if let Some(file) = file {
+                crate::log::replace_output(file);
+                crate::notice!("key process: log file reopened");
+            }
+        }
+        Ok(files) => warning!(
+            "key process: the parent passed {} files for {files:?}; ignoring them",
+            fds.len()
+        ),
+        Err(err) => warning!("key process: invalid control packet from the parent: {err}"),
     }
 }
 

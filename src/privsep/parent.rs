@@ -812,6 +812,7 @@ impl Parent<'_> {
             warning!("cannot reopen the log file ({err}); still writing to the open file");
             return;
         }
+        self.pass_log_to_key_process();
         for index in 0..self.workers.len() {
             let Some(old) = self.workers[index].pid.take() else {
                 continue;
@@ -965,6 +966,26 @@ impl Parent<'_> {
     /// Reopens `histogram_log` at its path and passes it, with the reopened log
     /// file when `output_reopened`, to the metrics process, which cannot open
     /// files in its jail. A restarted metrics process gets the reopened files too.
+    /// Passes the reopened log file to the key process, which cannot open it
+    /// in its jail.
+    fn pass_log_to_key_process(&self) {
+        let (Some(control), Some(pid)) = (&self.control, self.key_pid) else {
+            return;
+        };
+        let Some(output) = crate::log::output_file() else {
+            return;
+        };
+        let message = FilesReopened {
+            output: true,
+            histogram_log: false,
+        };
+        if let Err(err) = process::send_with_fds(control, &message.encode(), &[output.as_fd()]) {
+            warning!(
+                "cannot pass the reopened log file to the key process (pid {pid}): {err}; it keeps writing to the old one"
+            );
+        }
+    }
+
     fn reopen_metrics_files(&mut self, output_reopened: bool) {
         if let Some((file, path)) = &mut self.metrics.histogram_log {
             match OpenOptions::new().create(true).append(true).open(&*path) {
