@@ -654,10 +654,14 @@ fn client_key_updates(updates: usize) {
     let Some(support) = kernel_tls() else { return };
     let suite = cipher_suite::TLS13_CHACHA20_POLY1305_SHA256;
     let (listener, addr) = listen();
+    let (offloaded_tx, offloaded) = std::sync::mpsc::channel::<()>();
     let client = thread::spawn(move || {
         let mut sock = TcpStream::connect(addr).unwrap();
         let mut conn = new_client(suite);
         client_handshake(&mut conn, &mut sock);
+        // An update that arrived with the client's Finished would be handled by
+        // rustls before the hand-off, and the kernel would never see it.
+        offloaded.recv().unwrap();
         for _ in 0..updates {
             conn.refresh_traffic_keys().unwrap();
         }
@@ -672,6 +676,7 @@ fn client_key_updates(updates: usize) {
     });
 
     let mut server = accept_and_offload(&listener, suite);
+    offloaded_tx.send(()).unwrap();
     let fd = server.stream.as_fd();
     let mut buf = vec![0u8; CONTROL_RECORD_BUFFER_LEN];
     let mut expected = ByteStream::new(CLIENT_SEED);
