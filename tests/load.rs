@@ -17,11 +17,29 @@ struct Sink {
 
 impl Sink {
     fn start(name: &str) -> Sink {
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        Sink::serve(
+            name,
+            &certified.cert.pem(),
+            &certified.signing_key.serialize_pem(),
+        )
+    }
+
+    /// Starts a sink whose certificate is a self-signed CA certificate, as
+    /// `openssl req -x509` makes by default.
+    fn start_with_ca_certificate(name: &str) -> Sink {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        Sink::serve(name, &cert.pem(), &key.serialize_pem())
+    }
+
+    fn serve(name: &str, cert_pem: &str, key_pem: &str) -> Sink {
         let dir = std::env::temp_dir().join(format!("tlsplice-load-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-        std::fs::write(dir.join("cert.pem"), certified.cert.pem()).unwrap();
-        std::fs::write(dir.join("key.pem"), certified.signing_key.serialize_pem()).unwrap();
+        std::fs::write(dir.join("cert.pem"), cert_pem).unwrap();
+        std::fs::write(dir.join("key.pem"), key_pem).unwrap();
 
         let mut child = Command::new(LOAD)
             .args(["sink", "--listen", "127.0.0.1:0", "--duration", "60"])
@@ -349,4 +367,23 @@ fn remote_target_rejected() {
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("not a loopback address"), "{stderr}");
+}
+
+#[test]
+fn ca_server_certificate_error_says_what_to_do() {
+    let sink = Sink::start_with_ca_certificate("ca-certificate");
+    let cafile = sink.cert();
+    let output = Command::new(LOAD)
+        .args(["handshake", "--connect", &sink.addr, "--requests", "3"])
+        .args(["--concurrency", "1", "--duration", "10"])
+        .arg("--cafile")
+        .arg(&cafile)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the server's certificate is a CA certificate"),
+        "{stderr}"
+    );
 }

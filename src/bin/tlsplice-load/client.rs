@@ -966,6 +966,27 @@ impl From<io::Error> for Failure {
             | io::ErrorKind::UnexpectedEof => "closed",
             _ => "io",
         };
-        Failure::new(kind, e.to_string())
+        let mut detail = e.to_string();
+        if is_ca_as_server_certificate(&e) {
+            detail.push_str(
+                " (the server's certificate is a CA certificate, basicConstraints CA:TRUE, which rustls rejects as a server certificate: issue the server a certificate signed by that CA and pass the CA with --cafile, or use --insecure)",
+            );
+        }
+        Failure::new(kind, detail)
     }
+}
+
+/// Tells whether `e` is rustls rejecting a CA certificate that a server
+/// presented as its own, as `openssl req -x509` makes by default.
+fn is_ca_as_server_certificate(e: &io::Error) -> bool {
+    let Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))) = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    else {
+        return false;
+    };
+    matches!(
+        other.0.downcast_ref::<webpki::Error>(),
+        Some(webpki::Error::CaUsedAsEndEntity)
+    )
 }
