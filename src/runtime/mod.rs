@@ -144,8 +144,8 @@ pub(crate) fn check_kernel_tls(services: &[Service]) -> Result<(), RunError> {
         return Ok(());
     }
     let support = crate::tls::kernel::probe();
-    notice!("{support}");
     if support.is_available() {
+        notice!("{support}");
         return Ok(());
     }
     match services
@@ -156,7 +156,12 @@ pub(crate) fn check_kernel_tls(services: &[Service]) -> Result<(), RunError> {
             service: service.name.clone(),
             reason: support.to_string(),
         }),
-        None => Ok(()),
+        None => {
+            notice!(
+                "{support}; TLS records are encrypted in user space (`modprobe tls`, or a kernel built with CONFIG_TLS, enables the kernel path)"
+            );
+            Ok(())
+        }
     }
 }
 
