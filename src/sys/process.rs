@@ -85,6 +85,20 @@ pub fn recv_packet(fd: &OwnedFd, buf: &mut [u8], timeout: Option<Duration>) -> i
             ));
         }
     }
+    recv_with_flags(fd, buf, 0)
+}
+
+/// Receives one packet into `buf` like [`recv_packet`] if one is queued, and
+/// returns `None` at once if none is.
+pub fn try_recv_packet(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<Option<Packet>> {
+    match recv_with_flags(fd, buf, libc::MSG_DONTWAIT) {
+        Ok(packet) => Ok(Some(packet)),
+        Err(err) if err.kind() == io::ErrorKind::WouldBlock => Ok(None),
+        Err(err) => Err(err),
+    }
+}
+
+fn recv_with_flags(fd: &OwnedFd, buf: &mut [u8], flags: libc::c_int) -> io::Result<Packet> {
     loop {
         // SAFETY: the pointer and length describe the live, writable `buf`. With
         // MSG_TRUNC the kernel still writes at most `buf.len()` bytes, and it
@@ -94,7 +108,7 @@ pub fn recv_packet(fd: &OwnedFd, buf: &mut [u8], timeout: Option<Duration>) -> i
                 fd.as_raw_fd(),
                 buf.as_mut_ptr().cast(),
                 buf.len(),
-                libc::MSG_TRUNC,
+                libc::MSG_TRUNC | flags,
             )
         };
         if received >= 0 {
@@ -103,32 +117,6 @@ pub fn recv_packet(fd: &OwnedFd, buf: &mut [u8], timeout: Option<Duration>) -> i
         let err = io::Error::last_os_error();
         if err.kind() != io::ErrorKind::Interrupted {
             return Err(err);
-        }
-    }
-}
-
-/// Receives one packet into `buf` like [`recv_packet`] if one is queued, and
-/// returns `None` at once if none is.
-pub fn try_recv_packet(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<Option<Packet>> {
-    loop {
-        // SAFETY: as in `recv_packet`; MSG_DONTWAIT only makes the call return
-        // EAGAIN instead of waiting.
-        let received = unsafe {
-            libc::recv(
-                fd.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_TRUNC | libc::MSG_DONTWAIT,
-            )
-        };
-        if received >= 0 {
-            return classify(fd, received as usize, buf.len()).map(Some);
-        }
-        let err = io::Error::last_os_error();
-        match err.kind() {
-            io::ErrorKind::Interrupted => continue,
-            io::ErrorKind::WouldBlock => return Ok(None),
-            _ => return Err(err),
         }
     }
 }
